@@ -1,0 +1,451 @@
+"""Slow Tuning: Gram-trick norms, projections and the Trainer callback against float64 references."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoHaConfig, LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from tiny_models import make_tiny_model, make_tiny_tokenizer
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from slowed.slow_tuning import (
+    LOG_KEY_AFTER,
+    LOG_KEY_BEFORE,
+    REFERENCE_FILENAME,
+    SlowTuningCallback,
+    check_lora_projectable,
+    full_delta_norms,
+    global_norm,
+    lora_delta_norms,
+    project_full_,
+    project_lora_,
+    snapshot_weights,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tiny_tokenizer()
+
+
+def lora_model(tokenizer, target_modules, r=4, lora_alpha=8, seed=0, b_std=0.1, **config):
+    """Tiny Llama + LoRA with B randomised (peft initialises B = 0, which would make every ΔW zero)."""
+    model = get_peft_model(
+        make_tiny_model(tokenizer, seed=seed),
+        LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=target_modules, **config),
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "lora_embedding_A" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * b_std)
+    return model
+
+
+def explicit_deltas(model, adapter="default") -> dict[str, torch.Tensor]:
+    """Module name -> s·B·A formed explicitly in float64 (the reference the Gram trick must match)."""
+    deltas = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and adapter in module.lora_A:
+            a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+        elif hasattr(module, "lora_embedding_A") and adapter in module.lora_embedding_A:
+            a, b = module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]
+        else:
+            continue
+        deltas[name] = module.scaling[adapter] * (b.detach().double() @ a.detach().double())
+    return deltas
+
+
+def frobenius(deltas: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: float(torch.linalg.matrix_norm(d)) for name, d in deltas.items()}
+
+
+def rel_err(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+# ------------------------------------------------------------------------------------------- LoRA norms
+
+
+def test_gram_norms_equal_explicit_products_square_and_non_square(tokenizer):
+    # q_proj 32->32, v_proj 32->16 (2 kv heads), gate_proj 32->64, down_proj 64->32; rsLoRA scaling too.
+    model = lora_model(tokenizer, ["q_proj", "v_proj", "gate_proj", "down_proj"], r=4, use_rslora=True)
+    reference = explicit_deltas(model)
+    shapes = {tuple(d.shape) for d in reference.values()}
+    assert {(32, 32), (16, 32), (64, 32), (32, 64)} <= shapes
+    for name, module in model.named_modules():  # the reference reads the factors the way peft merges them
+        if name in reference:
+            peft_delta = module.get_delta_weight("default").detach().double()
+            torch.testing.assert_close(peft_delta, reference[name], rtol=1e-5, atol=1e-7)
+
+    norms = lora_delta_norms(model)
+    assert set(norms) == set(reference)
+    for name, expected in frobenius(reference).items():
+        assert norms[name].dtype == torch.float64
+        assert rel_err(float(norms[name]), expected) < 1e-6, name
+    expected_global = math.sqrt(sum(n**2 for n in frobenius(reference).values()))
+    assert rel_err(float(global_norm(norms)), expected_global) < 1e-9
+
+
+class TwoLayers(nn.Module):
+    """Hand-made model: a wide and a narrow linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.narrow = nn.Linear(3, 5)
+        self.wide = nn.Linear(40, 7)
+
+    def forward(self, x):
+        return self.narrow(x)
+
+
+def test_gram_norm_with_rank_above_layer_dimensions():
+    torch.manual_seed(0)
+    model = get_peft_model(TwoLayers(), LoraConfig(r=8, lora_alpha=3, target_modules=["narrow", "wide"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape) * 10.0)
+    reference = frobenius(explicit_deltas(model))
+    norms = lora_delta_norms(model)
+    assert len(norms) == 2
+    for name, expected in reference.items():
+        assert rel_err(float(norms[name]), expected) < 1e-6, name
+
+
+def test_embedding_lora_norm_matches_peft_delta(tokenizer):
+    model = lora_model(tokenizer, ["embed_tokens", "q_proj"])
+    norms = lora_delta_norms(model)
+    embed_name = next(n for n in norms if n.endswith("embed_tokens"))
+    module = model.get_submodule(embed_name)
+    expected = float(torch.linalg.matrix_norm(module.get_delta_weight("default").detach().double()))
+    assert expected > 0
+    assert rel_err(float(norms[embed_name]), expected) < 1e-6
+
+
+# --------------------------------------------------------------------------------------- LoRA projection
+
+
+def test_global_projection_lands_on_tau_and_keeps_every_direction(tokenizer):
+    model = lora_model(tokenizer, ["q_proj", "v_proj", "embed_tokens"])
+    before = explicit_deltas(model)
+    global_before = math.sqrt(sum(n**2 for n in frobenius(before).values()))
+    tau = 0.4 * global_before
+
+    result = project_lora_(model, tau, scope="global")
+
+    after = explicit_deltas(model)
+    global_after = math.sqrt(sum(n**2 for n in frobenius(after).values()))
+    assert result.projected
+    assert rel_err(global_after, tau) < 1e-5
+    assert rel_err(result.norm_before, global_before) < 1e-9
+    assert rel_err(result.norm_after, tau) < 1e-9
+    for name in before:
+        expected = (tau / global_before) * before[name]
+        torch.testing.assert_close(after[name], expected, rtol=1e-5, atol=1e-7 * before[name].abs().max())
+
+
+def test_module_projection_caps_only_modules_above_tau(tokenizer):
+    model = lora_model(tokenizer, ["q_proj", "v_proj", "gate_proj"])
+    before = explicit_deltas(model)
+    norms_before = frobenius(before)
+    tau = sorted(norms_before.values())[len(norms_before) // 2]  # the median: some above, some at or below
+    factors_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    result = project_lora_(model, tau, scope="module")
+
+    norms_after = frobenius(explicit_deltas(model))
+    assert any(n > tau for n in norms_before.values()) and any(n <= tau for n in norms_before.values())
+    for name, n_before in norms_before.items():
+        assert norms_after[name] <= tau * (1 + 1e-6)
+        if n_before > tau:
+            assert rel_err(norms_after[name], tau) < 1e-5
+            assert rel_err(result.scale[name], tau / n_before) < 1e-9
+        else:
+            assert result.scale[name] == 1.0
+            prefix = name + ".lora_"
+            for pname, value in factors_before.items():
+                if pname.startswith(prefix):
+                    assert torch.equal(model.get_parameter(pname), value), pname
+
+
+@pytest.mark.parametrize("scope", ["global", "module"])
+def test_nothing_changes_at_or_below_tau(tokenizer, scope):
+    model = lora_model(tokenizer, ["q_proj", "v_proj"])
+    norms = lora_delta_norms(model)  # the boundary: τ exactly equal to the measured norm
+    tau = float(max(norms.values())) if scope == "module" else float(global_norm(norms))
+    state = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for tau_ in (tau, 2 * tau):
+        result = project_lora_(model, tau_, scope=scope)
+        assert not result.projected
+        assert set(result.scale.values()) == {1.0}
+        assert result.norm_after == result.norm_before
+        for name, param in model.named_parameters():
+            assert torch.equal(param, state[name]), name
+
+
+def test_global_and_module_scope_differ_when_one_module_dominates(tokenizer):
+    def build():
+        model = lora_model(tokenizer, ["q_proj", "v_proj"], b_std=0.01)
+        big = next(m for n, m in model.named_modules() if n.endswith("layers.0.self_attn.q_proj"))
+        with torch.no_grad():
+            big.lora_B["default"].weight.mul_(100.0)
+        return model
+
+    norms = frobenius(explicit_deltas(build()))
+    big_name = max(norms, key=norms.get)
+    small = {n: v for n, v in norms.items() if n != big_name}
+    tau = 2 * max(small.values())
+    assert norms[big_name] > 10 * tau
+
+    global_model, module_model = build(), build()
+    project_lora_(global_model, tau, scope="global")
+    project_lora_(module_model, tau, scope="module")
+    global_after, module_after = (
+        frobenius(explicit_deltas(global_model)),
+        frobenius(explicit_deltas(module_model)),
+    )
+
+    c = tau / math.sqrt(sum(v**2 for v in norms.values()))
+    for name, n_before in small.items():
+        assert rel_err(global_after[name], c * n_before) < 1e-5  # shrunk along with the big module
+        assert rel_err(module_after[name], n_before) < 1e-12  # untouched: under τ on its own
+    assert rel_err(module_after[big_name], tau) < 1e-5
+    assert module_after[big_name] > global_after[big_name]
+
+
+# ------------------------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (LoraConfig(r=4, target_modules=["q_proj"], use_dora=True), "DoRA"),
+        (LoraConfig(r=4, target_modules=["q_proj", "lm_head"]), "refused by TRL's fused LM head"),
+        (LoraConfig(r=4, target_modules=["q_proj"], lora_bias=True), "lora_bias"),
+        (LoHaConfig(r=4, target_modules=["q_proj"]), "not a LoRA layer"),
+    ],
+    ids=["dora", "lm_head", "lora_bias", "loha"],
+)
+def test_unprojectable_adapters_are_refused(tokenizer, config, message):
+    model = get_peft_model(make_tiny_model(tokenizer), config)
+    with pytest.raises(ValueError, match=message):
+        check_lora_projectable(model)
+    with pytest.raises(ValueError, match=message):
+        project_lora_(model, 1.0)
+
+
+def test_missing_lora_layers_or_adapter_are_refused(tokenizer):
+    with pytest.raises(ValueError, match="no peft LoRA layers"):
+        lora_delta_norms(make_tiny_model(tokenizer))
+    with pytest.raises(ValueError, match=r"'other'.*adapters present: \['default'\]"):
+        lora_delta_norms(lora_model(tokenizer, ["q_proj"]), adapter_name="other")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tau": 0.0}, "tau .* got 0.0"),
+        ({"tau": float("nan")}, "tau .* got nan"),
+        ({"tau": 1.0, "scope": "layer"}, "scope .* got 'layer'"),
+        ({"tau": 1.0, "interval": 0}, "interval .* got 0"),
+        ({"tau": 1.0, "interval": "steps"}, "interval .* got 'steps'"),
+    ],
+)
+def test_callback_options_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SlowTuningCallback(**kwargs)
+
+
+# ------------------------------------------------------------------------------------ full fine-tuning
+
+
+def perturbed_model(tokenizer, scale=0.05):
+    model = make_tiny_model(tokenizer)
+    model.model.layers[1].mlp.requires_grad_(False)  # frozen parameters are not part of ΔW
+    reference = snapshot_weights(model)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * scale)
+    return model, reference
+
+
+@pytest.mark.parametrize("scope", ["global", "module"])
+def test_full_projection_matches_naive_float64(tokenizer, scope):
+    model, reference = perturbed_model(tokenizer)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and not set(frozen) & set(reference)
+    current = {n: p.detach().double().clone() for n, p in model.named_parameters() if p.requires_grad}
+    naive_norms = {n: float(torch.linalg.vector_norm(current[n] - reference[n].double())) for n in current}
+    for name, value in full_delta_norms(model, reference).items():
+        assert rel_err(float(value), naive_norms[name]) < 1e-12
+    naive_global = math.sqrt(sum(v**2 for v in naive_norms.values()))
+    tau = 0.3 * naive_global if scope == "global" else sorted(naive_norms.values())[len(naive_norms) // 2]
+
+    result = project_full_(model, reference, tau, scope=scope)
+
+    assert result.projected
+    for name, param in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name])
+            continue
+        n = naive_norms[name]
+        c = tau / naive_global if scope == "global" else min(1.0, tau / n)
+        w0 = reference[name].double()
+        expected = w0 + c * (current[name] - w0)
+        torch.testing.assert_close(param.detach().double(), expected, rtol=0, atol=1e-6)
+    after = {n: float(v) for n, v in full_delta_norms(model, reference).items()}
+    if scope == "global":
+        assert rel_err(math.sqrt(sum(v**2 for v in after.values())), tau) < 1e-5
+    else:
+        assert max(after.values()) <= tau * (1 + 1e-5)
+
+
+def test_full_reference_must_match_the_model(tokenizer):
+    model, reference = perturbed_model(tokenizer)
+    name = next(iter(reference))
+    with pytest.raises(ValueError, match=f"no tensor for trainable parameter '{name}'"):
+        full_delta_norms(model, {k: v for k, v in reference.items() if k != name})
+    with pytest.raises(ValueError, match="shape"):
+        full_delta_norms(model, {**reference, name: torch.zeros(3)})
+
+
+# --------------------------------------------------------------------------------- Trainer integration
+
+
+def lm_dataset(tokenizer, rows=8, length=16):
+    texts = [
+        f"Let's think step by step. {i} plus {i} is {2 * i}. So the answer is ({i})." for i in range(rows)
+    ]
+    encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=length)
+    return Dataset.from_dict({**encoded, "labels": encoded["input_ids"]})
+
+
+def training_args(output_dir: Path, **overrides) -> TrainingArguments:
+    options = {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": 2,
+        "learning_rate": 0.05,
+        "lr_scheduler_type": "constant",
+        "max_steps": 5,
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "logging_steps": 1,
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": [],
+        "disable_tqdm": True,
+        "seed": 0,
+        **overrides,
+    }
+    return TrainingArguments(**options)
+
+
+def saved_adapter_norms(checkpoint: Path, scaling: float) -> list[float]:
+    """‖s·B·A‖_F per module of a saved adapter, formed explicitly in float64 from the safetensors file."""
+    tensors = load_file(checkpoint / "adapter_model.safetensors")
+    return [
+        float(
+            torch.linalg.matrix_norm(
+                scaling * (tensors[key.replace("lora_A", "lora_B")].double() @ a.double())
+            )
+        )
+        for key, a in tensors.items()
+        if key.endswith("lora_A.weight")
+    ]
+
+
+def test_callback_projects_lora_every_n_steps_before_checkpoints(tokenizer, tmp_path, caplog):
+    model = get_peft_model(
+        make_tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    tau = 0.05
+    callback = SlowTuningCallback(tau=tau, interval=2)
+    trainer = Trainer(
+        model=model,
+        args=training_args(tmp_path),
+        train_dataset=lm_dataset(tokenizer),
+        callbacks=[callback],
+    )
+    with caplog.at_level(logging.INFO, logger="slowed.slow_tuning"):
+        trainer.train()
+
+    # every 2 optimizer steps, plus the final step (max_steps 5)
+    assert [step for step, _ in callback.history] == [2, 4, 5]
+    assert len([r for r in caplog.records if "Slow Tuning at step" in r.getMessage()]) == 3
+    assert any(result.norm_before > tau * 1.5 for _, result in callback.history), "lr too low to test"
+    final = math.sqrt(sum(n**2 for n in frobenius(explicit_deltas(model)).values()))
+    assert final <= tau * (1 + 1e-5)
+    assert set(callback.last_logs) == {LOG_KEY_BEFORE, LOG_KEY_AFTER}
+    assert callback.last_logs[LOG_KEY_BEFORE] == callback.history[-1][1].norm_before
+    assert callback.last_logs[LOG_KEY_AFTER] <= tau * (1 + 1e-9)
+    for step in (2, 4):  # checkpoints are written after on_step_end: they hold projected weights
+        saved = saved_adapter_norms(tmp_path / f"checkpoint-{step}", scaling=8 / 4)
+        assert len(saved) == 4 and math.sqrt(sum(n**2 for n in saved)) <= tau * (1 + 1e-5)
+
+
+def test_callback_projects_at_epoch_end(tokenizer, tmp_path):
+    model = get_peft_model(
+        make_tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"])
+    )
+    tau = 0.05
+    callback = SlowTuningCallback(tau=tau, scope="module")
+    args = training_args(tmp_path, max_steps=-1, num_train_epochs=2, save_strategy="epoch")
+    Trainer(model=model, args=args, train_dataset=lm_dataset(tokenizer, rows=4), callbacks=[callback]).train()
+    assert [step for step, _ in callback.history] == [2, 4]  # 4 rows / batch 2 = 2 steps per epoch
+    assert callback.history[-1][1].projected
+    assert max(frobenius(explicit_deltas(model)).values()) <= tau * (1 + 1e-5)
+    saved = saved_adapter_norms(tmp_path / "checkpoint-2", scaling=8 / 4)
+    assert len(saved) == 2 and max(saved) <= tau * (1 + 1e-5)
+
+
+def test_callback_full_finetuning_keeps_w0_across_resume(tokenizer, tmp_path):
+    model = make_tiny_model(tokenizer)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tau = 0.5
+    args = training_args(tmp_path, max_steps=4, learning_rate=0.01)
+    callback = SlowTuningCallback(tau=tau, interval="step")
+    Trainer(model=model, args=args, train_dataset=lm_dataset(tokenizer), callbacks=[callback]).train()
+    assert [step for step, _ in callback.history] == [1, 2, 3, 4]
+    assert any(result.projected for _, result in callback.history), "lr too low to test"
+
+    def naive_global_delta(m):
+        return math.sqrt(
+            sum(float((p.detach().double() - w0[n].double()).square().sum()) for n, p in m.named_parameters())
+        )
+
+    assert naive_global_delta(model) <= tau * (1 + 1e-5)
+    assert (tmp_path / REFERENCE_FILENAME).is_file()
+
+    # Resume from checkpoint-2 with a fresh callback: W0 must be the persisted snapshot, not the resumed weights.
+    resumed_model = make_tiny_model(tokenizer, seed=1)
+    resumed_callback = SlowTuningCallback(tau=tau, interval="step")
+    resumed = Trainer(
+        model=resumed_model, args=args, train_dataset=lm_dataset(tokenizer), callbacks=[resumed_callback]
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    assert [step for step, _ in resumed_callback.history] == [3, 4]
+    for name, value in resumed_callback.reference.items():
+        assert torch.equal(value, w0[name]), name
+    assert naive_global_delta(resumed_model) <= tau * (1 + 1e-5)
+
+
+def test_resumed_full_finetuning_without_snapshot_is_refused(tokenizer, tmp_path):
+    model = make_tiny_model(tokenizer)
+    args = training_args(tmp_path, max_steps=2, save_steps=1, learning_rate=0.01)
+    Trainer(model=model, args=args, train_dataset=lm_dataset(tokenizer)).train()
+    callback = SlowTuningCallback(tau=1.0, interval="step")
+    trainer = Trainer(
+        model=make_tiny_model(tokenizer), args=args, train_dataset=lm_dataset(tokenizer), callbacks=[callback]
+    )
+    with pytest.raises(FileNotFoundError, match=REFERENCE_FILENAME):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
