@@ -1,0 +1,179 @@
+"""Reading lm-eval results JSON files and turning them into the paper's named metrics.
+
+lm-eval writes ``<output_path>/<model>/results_<timestamp>.json`` with per-task and per-group entries
+``{"<metric>,<filter>": value, "<metric>_stderr,<filter>": stderr, "alias": ...}`` under ``"results"``
+(groups also under ``"groups"``) and each group's children under ``"group_subtasks"``. All values here
+are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class ResultsError(ValueError):
+    """A results file or a request about it that cannot be used (missing, malformed, metric absent)."""
+
+
+class MetricSource(NamedTuple):
+    """Where a canonical metric comes from: the first of ``tasks`` present in the results, ``metric`` key."""
+
+    tasks: tuple[str, ...]
+    metric: str
+    higher_is_better: bool
+
+
+#: Canonical metric name -> its source. `safety_ratio` prefers the guard-judged task over the keyword one.
+METRIC_SOURCES: dict[str, MetricSource] = {
+    "safety_ratio": MetricSource(("slowed_safety", "slowed_safety_keywords"), "safety_ratio", True),
+    "judge_unknown_rate": MetricSource(
+        ("slowed_safety", "slowed_safety_keywords"), "judge_unknown_rate", False
+    ),
+    "id_bbh": MetricSource(("slowed_bbh",), "exact_match", True),
+    "ood_bbsub": MetricSource(("slowed_bbsub",), "exact_match", True),
+    "ood_agieval": MetricSource(("slowed_agieval",), "exact_match", True),
+    "ood_arc_easy": MetricSource(("slowed_arc_easy",), "exact_match", True),
+    "ood_arc_challenge": MetricSource(("slowed_arc_challenge",), "exact_match", True),
+}
+OOD_METRICS: tuple[str, ...] = ("ood_bbsub", "ood_agieval", "ood_arc_easy", "ood_arc_challenge")
+#: Every canonical metric in report order (`ood_avg` = plain mean of the four OOD benchmarks).
+METRIC_NAMES: tuple[str, ...] = (
+    "safety_ratio",
+    "id_bbh",
+    *OOD_METRICS,
+    "ood_avg",
+    "judge_unknown_rate",
+)
+HIGHER_IS_BETTER: dict[str, bool] = {
+    **{name: source.higher_is_better for name, source in METRIC_SOURCES.items()},
+    "ood_avg": True,
+}
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read one lm-eval results JSON file; :class:`ResultsError` names the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsError(f"results file not found: {path} (pass a results_<timestamp>.json or its folder)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ResultsError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise ResultsError(
+            f'{path} is not an lm-eval results file: no "results" object at the top level '
+            "(use the results_<timestamp>.json written by --output_path, not a samples_*.jsonl)"
+        )
+    return data
+
+
+def find_results_files(path: str | Path) -> list[Path]:
+    """``path`` itself if it is a file; for a folder, its newest ``results_*.json`` per sub-folder.
+
+    lm-eval writes one ``results_<ISO timestamp>.json`` per run into ``<output_path>/<model>/``, so the
+    newest (lexicographically last) file of each folder is the latest run; folders are listed in path order.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ResultsError(f"results path not found: {path}")
+    newest: dict[Path, Path] = {}
+    for found in sorted(path.rglob("results_*.json")):
+        newest[found.parent] = found
+    if not newest:
+        raise ResultsError(f"no results_*.json under {path} (was lm-eval run with --output_path {path}?)")
+    return [newest[folder] for folder in sorted(newest)]
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _task_metric(data: Mapping[str, Any], task: str, metric: str) -> float | None:
+    """``metric`` of a task or group, under any single filter; a group without an aggregate gets the
+    unweighted mean of its children (recursively). ``None`` when the task is not in the results."""
+    entry = data["results"].get(task) or data.get("groups", {}).get(task)
+    if entry is not None:
+        by_filter = {
+            key.split(",", 1)[1]: value
+            for key, value in entry.items()
+            if "," in key and key.split(",", 1)[0] == metric and _numeric(value)
+        }
+        if len(by_filter) > 1:
+            raise ResultsError(
+                f"task {task!r} reports {metric!r} under several filters {sorted(by_filter)}; "
+                "cannot tell which one is the score"
+            )
+        if by_filter:
+            return float(next(iter(by_filter.values())))
+    children = data.get("group_subtasks", {}).get(task)
+    if children:
+        values = [_task_metric(data, child, metric) for child in children]
+        present = [value for value in values if value is not None]
+        if present:
+            return math.fsum(present) / len(present)
+    return None
+
+
+def metrics_from_results(results: Mapping[str, Any]) -> dict[str, float]:
+    """The canonical metrics present in an lm-eval results dict (see :data:`METRIC_NAMES`), as fractions.
+
+    Absent benchmarks are simply missing from the returned dict; `ood_avg` is the plain mean of the four
+    OOD benchmarks and is only present when all four are.
+    """
+    if not isinstance(results.get("results"), Mapping):
+        raise ResultsError('not an lm-eval results dict: no "results" mapping')
+    metrics: dict[str, float] = {}
+    for name, source in METRIC_SOURCES.items():
+        for task in source.tasks:
+            value = _task_metric(results, task, source.metric)
+            if value is not None:
+                metrics[name] = value
+                break
+    if all(name in metrics for name in OOD_METRICS):
+        metrics["ood_avg"] = math.fsum(metrics[name] for name in OOD_METRICS) / len(OOD_METRICS)
+    return {name: metrics[name] for name in METRIC_NAMES if name in metrics}
+
+
+def metrics_from_file(path: str | Path) -> dict[str, float]:
+    """:func:`metrics_from_results` of one results file, errors naming the file."""
+    try:
+        return metrics_from_results(load_results(path))
+    except ResultsError as error:
+        if str(path) in str(error):
+            raise
+        raise ResultsError(f"{path}: {error}") from error
+
+
+def write_atomic(path: str | Path, content: str | bytes) -> Path:
+    """Write ``content`` (text as UTF-8) to ``path`` via a temporary file in the same folder + ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
+        temporary = Path(handle.name)
+        try:
+            handle.write(data)
+        except BaseException:
+            handle.close()
+            temporary.unlink(missing_ok=True)
+            raise
+    os.replace(temporary, path)
+    return path
+
+
+def missing_metric_message(path: str | Path, name: str, present: Iterable[str]) -> str:
+    """A clear 'metric absent' message naming the file, the metric and what is there."""
+    source = METRIC_SOURCES.get(name)
+    where = f" (from task {' or '.join(source.tasks)})" if source else " (needs all four OOD benchmarks)"
+    return (
+        f"metric {name!r}{where} is absent from {path}; present: {', '.join(present) or 'none'}. "
+        "Run the tasks that produce it or drop the threshold."
+    )
