@@ -179,7 +179,6 @@ def _lora_factors(model: nn.Module, adapter_name: str) -> list[_LoraFactors]:
             f"Slow Tuning (LoRA) found no module adapted by LoRA adapter {adapter_name!r} ({found}); wrap the "
             f"model with peft.get_peft_model(model, LoraConfig(...)) or pass the right adapter_name"
         )
-    _warn_unconstrained(model, factors)
     return factors
 
 
@@ -196,8 +195,12 @@ def _warn_unconstrained(model: nn.Module, factors: list[_LoraFactors]) -> None:
 
 
 def check_lora_projectable(model: nn.Module, adapter_name: str = "default") -> None:
-    """Raise ValueError unless every module adapted by `adapter_name` has ΔW = s·B·A (see `lora_delta_norms`)."""
-    _lora_factors(model, adapter_name)
+    """Raise ValueError unless every module adapted by `adapter_name` has ΔW = s·B·A (see `lora_delta_norms`).
+
+    Also logs a warning naming trainable parameters outside the LoRA factors (modules_to_save, biases),
+    which Slow Tuning does not constrain.
+    """
+    _warn_unconstrained(model, _lora_factors(model, adapter_name))
 
 
 # ------------------------------------------------------------------------------ parameter access (ZeRO-aware)
@@ -235,12 +238,14 @@ def _scale_parameter_(param: torch.Tensor, factor: float) -> None:
         param.data.copy_(scaled.reshape(param.data.shape).to(param.dtype))
 
 
-def _refuse_fsdp(model: nn.Module) -> None:
-    from torch.distributed.tensor import DTensor
-
-    sharded = any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()) or any(
-        isinstance(p, DTensor) for p in model.parameters()
+def _refuse_fsdp(model: nn.Module, fsdp_option: object) -> None:
+    sharded = bool(fsdp_option) or any(
+        type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()
     )
+    if torch.distributed.is_available():
+        from torch.distributed.tensor import DTensor
+
+        sharded = sharded or any(isinstance(p, DTensor) for p in model.parameters())
     if sharded:
         raise NotImplementedError(
             "Slow Tuning does not support FSDP-sharded models (norms of sharded LoRA factors are not "
@@ -456,7 +461,7 @@ class SlowTuningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise ValueError("SlowTuningCallback needs the model; the Trainer passes it to callbacks")
-        _refuse_fsdp(model)
+        _refuse_fsdp(model, getattr(args, "fsdp", None))
         self.uses_lora = any(isinstance(m, BaseTunerLayer) for m in model.modules())
         if self.uses_lora:
             check_lora_projectable(model, self.adapter_name)

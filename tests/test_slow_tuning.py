@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from peft import LoHaConfig, LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from tiny_models import make_tiny_model, make_tiny_tokenizer
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
 
 from slowed.slow_tuning import (
     LOG_KEY_AFTER,
@@ -247,6 +248,23 @@ def test_missing_lora_layers_or_adapter_are_refused(tokenizer):
         lora_delta_norms(make_tiny_model(tokenizer))
     with pytest.raises(ValueError, match=r"'other'.*adapters present: \['default'\]"):
         lora_delta_norms(lora_model(tokenizer, ["q_proj"]), adapter_name="other")
+
+
+def test_trainable_parameters_outside_lora_are_reported(tokenizer, caplog):
+    config = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"])
+    model = get_peft_model(make_tiny_model(tokenizer), config)
+    with caplog.at_level(logging.WARNING, logger="slowed.slow_tuning"):
+        check_lora_projectable(model)
+    assert "embed_tokens" in caplog.text and "not kept near W0" in caplog.text
+
+
+def test_fsdp_is_refused_at_train_begin(tokenizer, tmp_path):
+    args = SimpleNamespace(fsdp="full_shard", output_dir=str(tmp_path))
+    callback = SlowTuningCallback(tau=1.0)
+    with pytest.raises(NotImplementedError, match="FSDP"):
+        callback.on_train_begin(
+            args, TrainerState(), TrainerControl(), model=lora_model(tokenizer, ["q_proj"])
+        )
 
 
 @pytest.mark.parametrize(
