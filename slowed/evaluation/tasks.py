@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lm_eval.tasks import TaskManager
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
 
 #: The installed task folder (the repository's ``lm_eval_tasks/``, shipped as ``slowed.lm_eval_tasks``).
 TASK_DIR: Path = Path(str(files("slowed.lm_eval_tasks")))
@@ -39,4 +40,6 @@ def task_manager(include_path: IncludePath = None, **task_manager_kwargs: Any) -
 
     ``task_manager_kwargs`` (``metadata``, ``include_defaults``, ...) go to ``TaskManager`` unchanged.
     """
+    from lm_eval.tasks import TaskManager
+
     return TaskManager(include_path=include_paths(include_path), **task_manager_kwargs)
