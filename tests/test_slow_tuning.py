@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from tiny_models import make_tiny_model, make_tiny_tokenizer
 from torch import nn
 from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+from trl import SFTConfig, SFTTrainer
 
 from slowed.slow_tuning import (
     LOG_KEY_AFTER,
@@ -348,7 +349,7 @@ def lm_dataset(tokenizer, rows=8, length=16):
     return Dataset.from_dict({**encoded, "labels": encoded["input_ids"]})
 
 
-def training_args(output_dir: Path, **overrides) -> TrainingArguments:
+def training_args(output_dir: Path, config_class=TrainingArguments, **overrides) -> TrainingArguments:
     options = {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": 2,
@@ -365,7 +366,7 @@ def training_args(output_dir: Path, **overrides) -> TrainingArguments:
         "seed": 0,
         **overrides,
     }
-    return TrainingArguments(**options)
+    return config_class(**options)
 
 
 def saved_adapter_norms(checkpoint: Path, scaling: float) -> list[float]:
@@ -409,6 +410,33 @@ def test_callback_projects_lora_every_n_steps_before_checkpoints(tokenizer, tmp_
     for step in (2, 4):  # checkpoints are written after on_step_end: they hold projected weights
         saved = saved_adapter_norms(tmp_path / f"checkpoint-{step}", scaling=8 / 4)
         assert len(saved) == 4 and math.sqrt(sum(n**2 for n in saved)) <= tau * (1 + 1e-5)
+
+
+def test_callback_with_sft_trainer_and_peft_config(tokenizer, tmp_path):
+    rows = range(8)
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": f"What is {i} plus {i}?"}] for i in rows],
+            "completion": [[{"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}] for i in rows],
+        }
+    )
+    tau = 0.05
+    callback = SlowTuningCallback(tau=tau, interval="step")
+    trainer = SFTTrainer(
+        model=make_tiny_model(tokenizer),
+        processing_class=tokenizer,
+        train_dataset=dataset,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        args=training_args(tmp_path, config_class=SFTConfig, max_steps=4, max_length=64),
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert [step for step, _ in callback.history] == [1, 2, 3, 4]
+    assert any(result.projected for _, result in callback.history), "lr too low to test"
+    final = math.sqrt(sum(n**2 for n in frobenius(explicit_deltas(trainer.model)).values()))
+    assert final <= tau * (1 + 1e-5)
+    saved = saved_adapter_norms(tmp_path / "checkpoint-4", scaling=8 / 4)
+    assert len(saved) == 4 and math.sqrt(sum(n**2 for n in saved)) <= tau * (1 + 1e-5)
 
 
 def test_callback_projects_at_epoch_end(tokenizer, tmp_path):
