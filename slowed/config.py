@@ -1,0 +1,226 @@
+"""SLowEDConfig: `trl.SFTConfig` plus every SLowED knob, validated on construction.
+
+The knobs (see the paper, arXiv 2508.09666, and docs/DESIGN.md section 1):
+
+- Low-Entropy Masking (LEM): ``entropy_mask_ratio`` (k), ``entropy_mask_scope``, ``entropy_source``.
+- Slow Tuning (ST): ``slow_tuning_tau`` (τ), ``slow_tuning_scope``, ``slow_tuning_interval``.
+
+With ``entropy_mask_ratio=0`` and ``slow_tuning_tau=None`` (the defaults) training is exactly stock SFT.
+
+Values may arrive as strings (``TrlParser`` from the command line, or a YAML value such as ``1e-3`` that
+YAML 1.1 reads as a string): numeric strings are parsed, and every value is checked in ``__post_init__``
+with an error naming the option, the bad value and the allowed range.
+
+Precision: like ``trl.SFTConfig`` in TRL 1.16, ``bf16`` defaults to True whenever ``fp16`` is not set,
+also on CPU, where transformers then trains under CPU bfloat16 autocast. SLowEDConfig keeps that default
+so it stays a drop-in replacement; pass ``bf16=False`` for float32 runs (the tests do).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from trl import SFTConfig
+
+from slowed.masking import MASK_SCOPES
+
+ENTROPY_SOURCES: tuple[str, ...] = ("online", "initial")
+SLOW_TUNING_SCOPES: tuple[str, ...] = ("global", "module")
+SLOW_TUNING_INTERVAL_NAMES: tuple[str, ...] = ("epoch", "step")
+# The knobs recorded in `slowed_config.json` next to the trained weights.
+SLOWED_FIELDS: tuple[str, ...] = (
+    "entropy_mask_ratio",
+    "entropy_mask_scope",
+    "entropy_source",
+    "slow_tuning_tau",
+    "slow_tuning_scope",
+    "slow_tuning_interval",
+)
+
+
+def _bad(option: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"SLowEDConfig option `{option}` must be {allowed}; got {value!r}")
+
+
+def _parse_float(option: str, value: Any, allowed: str) -> float:
+    """A real number from a float, an int or a numeric string (never a bool)."""
+    if isinstance(value, bool):
+        raise _bad(option, value, allowed)
+    try:
+        return float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        raise _bad(option, value, allowed) from None
+
+
+def parse_entropy_mask_ratio(value: Any) -> float:
+    allowed = "a number in [0, 1) (the share of completion tokens dropped from the loss)"
+    ratio = _parse_float("entropy_mask_ratio", value, allowed)
+    if not (0.0 <= ratio < 1.0):  # also rejects NaN
+        raise _bad("entropy_mask_ratio", value, allowed)
+    return ratio
+
+
+def parse_slow_tuning_tau(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+        return None
+    allowed = "None (Slow Tuning off) or a finite number > 0 (the Frobenius radius of ΔW)"
+    tau = _parse_float("slow_tuning_tau", value, allowed)
+    if not (math.isfinite(tau) and tau > 0):
+        raise _bad("slow_tuning_tau", value, allowed)
+    return tau
+
+
+def parse_slow_tuning_interval(value: Any) -> str | int:
+    """'epoch', 'step' or a positive int N (every N optimizer steps), from an int or a numeric string."""
+    allowed = "'epoch', 'step' or a positive integer N (project every N optimizer steps)"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in SLOW_TUNING_INTERVAL_NAMES:
+            return text
+        if text.lstrip("+").isdigit() and int(text) >= 1:
+            return int(text)
+        raise _bad("slow_tuning_interval", value, allowed)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 1:  # YAML `10.0`
+        return int(value)
+    raise _bad("slow_tuning_interval", value, allowed)
+
+
+def _parse_choice(option: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.strip() not in choices:
+        raise _bad(option, value, f"one of {choices}")
+    return value.strip()
+
+
+@dataclass
+class SLowEDConfig(SFTConfig):
+    r"""
+    Configuration for `slowed.trainer.SLowEDTrainer`: every `trl.SFTConfig` option plus the SLowED knobs.
+
+    Parameters:
+        entropy_mask_ratio (`float`, defaults to `0.0`):
+            Low-Entropy Masking ratio k in [0, 1): the floor(k·n) lowest-entropy of the n eligible completion
+            tokens of each scope are dropped from the loss. 0 disables LEM.
+        entropy_mask_scope (`str`, defaults to `"sequence"`):
+            Where the k-quantile is taken: `"sequence"` (each sequence on its own; independent of batch size,
+            gradient accumulation and world size) or `"batch"` (over each micro-batch).
+        entropy_source (`str`, defaults to `"online"`):
+            `"online"`: entropies of the current student, from the training forward pass itself.
+            `"initial"`: entropies of the frozen initial student, computed once before training; the masked
+            tokens are applied as -100 labels by the masking collator (no training-time cost).
+        slow_tuning_tau (`float` or `None`, defaults to `None`):
+            Slow Tuning radius τ > 0: ‖W − W0‖_F is projected back to τ when it exceeds it. None disables ST.
+        slow_tuning_scope (`str`, defaults to `"global"`):
+            `"global"` (one norm over all adapted modules) or `"module"` (each module capped on its own).
+        slow_tuning_interval (`str` or `int`, defaults to `"epoch"`):
+            When to project: `"epoch"`, `"step"` (every optimizer step) or a positive integer N (every N
+            optimizer steps and at the last step). Numeric strings are parsed to int.
+
+    Combinations refused on construction:
+        - `entropy_source="initial"` with `packing=True`: packing merges and cuts the sequences after the
+          masks would be computed per sequence.
+        - `entropy_source="initial"` with `entropy_mask_scope="batch"`: the initial masks are computed once,
+          but a batch-scope mask depends on which sequences share a micro-batch, i.e. on the shuffling order.
+        - online LEM (k > 0) with `label_smoothing_factor > 0`: TRL's label smoothing recomputes the loss
+          from full logits, which would bypass the mask.
+    `loss_type="dft"` composes with LEM: DFT reweights each kept token by its (detached) probability and the
+    masked tokens contribute nothing; the loss is still divided by the number of kept tokens.
+    """
+
+    entropy_mask_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "Low-Entropy Masking ratio k in [0, 1): share of the eligible completion tokens, lowest "
+            "entropy first, dropped from the loss (per `entropy_mask_scope`). 0 disables LEM."
+        },
+    )
+    entropy_mask_scope: str = field(
+        default="sequence",
+        metadata={
+            "help": "Scope of the LEM k-quantile: 'sequence' (per sequence; independent of batch size, "
+            "gradient accumulation and world size) or 'batch' (per micro-batch).",
+            "choices": list(MASK_SCOPES),
+        },
+    )
+    entropy_source: str = field(
+        default="online",
+        metadata={
+            "help": "Entropies LEM ranks tokens by: 'online' (the current student, from the same forward pass) "
+            "or 'initial' (the frozen initial student, scored once before training and applied as -100 labels "
+            "by the masking collator).",
+            "choices": list(ENTROPY_SOURCES),
+        },
+    )
+    slow_tuning_tau: float | None = field(
+        default=None,
+        metadata={
+            "help": "Slow Tuning radius τ > 0 (Frobenius norm of the update W − W0; with LoRA s·B·A): the update "
+            "is scaled back onto the τ-sphere whenever it grows beyond it. None disables Slow Tuning."
+        },
+    )
+    slow_tuning_scope: str = field(
+        default="global",
+        metadata={
+            "help": "Slow Tuning norm scope: 'global' (one norm over all adapted modules) or 'module' (each "
+            "module capped at τ on its own).",
+            "choices": list(SLOW_TUNING_SCOPES),
+        },
+    )
+    slow_tuning_interval: str = field(
+        default="epoch",
+        metadata={
+            "help": "When Slow Tuning projects: 'epoch' (end of every epoch), 'step' (every optimizer step) or a "
+            "positive integer N (every N optimizer steps and at the last step)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.entropy_mask_ratio = parse_entropy_mask_ratio(self.entropy_mask_ratio)
+        self.entropy_mask_scope = _parse_choice("entropy_mask_scope", self.entropy_mask_scope, MASK_SCOPES)
+        self.entropy_source = _parse_choice("entropy_source", self.entropy_source, ENTROPY_SOURCES)
+        self.slow_tuning_tau = parse_slow_tuning_tau(self.slow_tuning_tau)
+        self.slow_tuning_scope = _parse_choice(
+            "slow_tuning_scope", self.slow_tuning_scope, SLOW_TUNING_SCOPES
+        )
+        self.slow_tuning_interval = parse_slow_tuning_interval(self.slow_tuning_interval)
+        super().__post_init__()
+        self._check_combinations()
+
+    @property
+    def uses_online_lem(self) -> bool:
+        """True when the loss masks by the current student's entropies (k > 0, source 'online')."""
+        return self.entropy_mask_ratio > 0 and self.entropy_source == "online"
+
+    @property
+    def uses_initial_lem(self) -> bool:
+        """True when the collator masks by the frozen initial student's entropies (k > 0, source 'initial')."""
+        return self.entropy_mask_ratio > 0 and self.entropy_source == "initial"
+
+    def slowed_dict(self) -> dict[str, Any]:
+        """The SLowED knobs as a JSON-ready dict (recorded next to the trained weights)."""
+        return {name: getattr(self, name) for name in SLOWED_FIELDS}
+
+    def _check_combinations(self) -> None:
+        if self.entropy_source == "initial" and self.packing:
+            raise ValueError(
+                "SLowEDConfig: `entropy_source='initial'` cannot be combined with `packing=True`: the initial "
+                "keep-masks are computed per tokenised sequence, and packing merges and cuts sequences. Set "
+                "`packing=False` or use `entropy_source='online'`."
+            )
+        if self.entropy_source == "initial" and self.entropy_mask_scope == "batch":
+            raise ValueError(
+                "SLowEDConfig: `entropy_source='initial'` requires `entropy_mask_scope='sequence'`: the initial "
+                "masks are computed once before training, while a batch-scope mask depends on which sequences "
+                "share a micro-batch, i.e. on the shuffling order. Use `entropy_mask_scope='sequence'` or "
+                "`entropy_source='online'`."
+            )
+        if self.uses_online_lem and self.label_smoothing_factor > 0:
+            raise ValueError(
+                f"SLowEDConfig: `label_smoothing_factor={self.label_smoothing_factor}` cannot be combined with "
+                f"online Low-Entropy Masking (`entropy_mask_ratio={self.entropy_mask_ratio}`): TRL computes a "
+                "label-smoothed loss from the full logits, which would bypass the mask. Set "
+                "`label_smoothing_factor=0` or use `entropy_source='initial'` (the mask is then in the labels)."
+            )

@@ -1,0 +1,490 @@
+"""SLowEDTrainer: `trl.SFTTrainer` with Low-Entropy Masking (LEM) in the loss and Slow Tuning (ST).
+
+Loss (online LEM, k > 0, training mode). TRL 1.16's fused LM head returns per-target-token ``log_probs``,
+``entropy`` and ``label_mask`` (B×(T−1), aligned with ``labels[:, 1:]``) from one forward pass. The
+keep-mask is built from the detached entropies (`slowed.masking.low_entropy_keep_mask`) and the log-probs of
+the masked tokens are zeroed, exactly like TRL's ignored positions; TRL's own `compute_loss` then runs
+unchanged on those outputs: loss = −Σ kept log p / N, its DFT variant, the cross-device multiply under
+``average_tokens_across_devices``, the MoE auxiliary loss, and its metrics (``entropy``,
+``mean_token_accuracy`` over all eligible tokens, ``num_tokens``).
+
+Normalisation: N = ``num_items_in_batch`` counts the tokens *kept* over every micro-batch of the gradient
+accumulation window (and over processes). That count depends only on the label masks
+(`slowed.masking.kept_token_count`), so `_get_num_items_in_batch` computes it before any forward pass, and
+k does not silently shrink the learning rate. With the per-sequence scope, bs 4 × GA 2 equals bs 8.
+
+A *sequence* is one row of the batch or, in padding-free batches (TRL's ``seq_idx``), one packed segment.
+
+Evaluation losses are always TRL's plain NLL over all completion tokens (no masking), so eval losses stay
+comparable across k and entropy sources.
+
+Entropy source ``initial``: after TRL prepares the training set (tokenised, labels built, truncated), every
+example is scored once with the frozen initial student (eval mode, no grad; with peft, adapters disabled) and
+its per-token keep flags are stored in the column `slowed.collator.KEEP_COLUMN`, which the
+`MaskingCollator` turns into -100 labels. The column is added to the signature columns (as TRL does for
+``seq_lengths``), so ``remove_unused_columns`` may stay True. Each process scores the full set.
+
+With ``entropy_mask_ratio=0`` and ``slow_tuning_tau=None`` every override defers to `SFTTrainer`: the run is
+exactly stock TRL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import transformers
+import trl
+from accelerate.utils import is_peft_model
+from datasets import Dataset
+from peft import LoraConfig, PeftConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import TrainingArguments
+from trl import SFTTrainer
+from trl.trainer.utils import get_config_model_id
+
+import slowed
+from slowed.collator import KEEP_COLUMN, NUM_MASKED_KEY, MaskingCollator
+from slowed.config import SLowEDConfig
+from slowed.masking import kept_token_count, low_entropy_keep_mask
+from slowed.slow_tuning import SlowTuningCallback, check_lora_projectable
+
+SLOWED_CONFIG_NAME = "slowed_config.json"
+MASKED_FRACTION_KEY = "slowed/masked_fraction"
+
+
+# ------------------------------------------------------------------------------------------ sequence rows
+
+
+def _sequence_grid_index(seq_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Row and column of every position of a padding-free row in a (sequences × longest) grid.
+
+    Args:
+        seq_idx: 1-D, non-decreasing sequence index of each position.
+
+    Returns:
+        (rows, cols, num_sequences, longest), rows/cols int64 of the same length as `seq_idx`.
+    """
+    rows = seq_idx.to(torch.int64)
+    counts = torch.bincount(rows)
+    starts = counts.cumsum(0) - counts
+    cols = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+    return rows, cols, counts.numel(), int(counts.max())
+
+
+def _valid_by_sequence(valid: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
+    """`valid` (B×T') as one row per sequence: unchanged, or regrouped by `seq_idx` (1×T') when padding-free."""
+    if seq_idx is None:
+        return valid
+    rows, cols, num_sequences, longest = _sequence_grid_index(seq_idx.reshape(-1))
+    grid = torch.zeros(num_sequences, longest, dtype=torch.bool, device=valid.device)
+    grid[rows, cols] = valid.reshape(-1)
+    return grid
+
+
+def keep_mask_by_sequence(
+    entropy: torch.Tensor, valid: torch.Tensor, ratio: float, scope: str, seq_idx: torch.Tensor | None
+) -> torch.Tensor:
+    """`low_entropy_keep_mask` where a "sequence" is a packed segment when `seq_idx` (1×T') is given.
+
+    Args:
+        entropy: B×T' detached per-target-token entropy (nats).
+        valid: B×T' bool, eligible target tokens.
+        ratio, scope: as in `low_entropy_keep_mask`.
+        seq_idx: None, or the 1×T' sequence index of each target position of a padding-free batch.
+
+    Returns:
+        B×T' bool keep-mask.
+    """
+    if seq_idx is None or scope == "batch":
+        return low_entropy_keep_mask(entropy, valid, ratio, scope)
+    rows, cols, num_sequences, longest = _sequence_grid_index(seq_idx.reshape(-1))
+    grid_entropy = entropy.new_zeros(num_sequences, longest)
+    grid_entropy[rows, cols] = entropy.reshape(-1)
+    keep = low_entropy_keep_mask(grid_entropy, _valid_by_sequence(valid, seq_idx), ratio, "sequence")
+    return keep[rows, cols].reshape(valid.shape)
+
+
+def _target_valid_and_segments(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """B×(T−1) eligible-target mask (``labels[:, 1:] != -100``) and the shifted ``seq_idx`` (or None)."""
+    valid = batch["labels"][..., 1:] != -100
+    seq_idx = batch.get("seq_idx")
+    return valid, (None if seq_idx is None else seq_idx[..., 1:])
+
+
+class _LowEntropyMaskedForward:
+    """Callable standing in for the model inside `SFTTrainer.compute_loss`.
+
+    Fused-head calls (``fused_lm_head=True``) return the model's outputs with ``log_probs`` zeroed at the
+    masked tokens (as at TRL's ignored positions); other calls pass through. The last keep and valid masks
+    are kept for the metrics.
+    """
+
+    def __init__(self, model: torch.nn.Module, ratio: float, scope: str, seq_idx: torch.Tensor | None):
+        self.model, self.ratio, self.scope, self.seq_idx = model, ratio, scope, seq_idx
+        self.keep: torch.Tensor | None = None
+        self.valid: torch.Tensor | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        outputs = self.model(*args, **kwargs)
+        if kwargs.get("fused_lm_head"):
+            self.valid = outputs.label_mask.bool()
+            self.keep = keep_mask_by_sequence(
+                outputs.entropy.detach(), self.valid, self.ratio, self.scope, self.seq_idx
+            )
+            outputs.log_probs = outputs.log_probs.masked_fill(~self.keep, 0.0)
+        return outputs
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _as_slowed_config(args: TrainingArguments | None, model: Any) -> SLowEDConfig:
+    """`args` as a SLowEDConfig (SLowED knobs at their defaults when converted from another config)."""
+    if isinstance(args, SLowEDConfig):
+        return args
+    if args is None:
+        model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+        return SLowEDConfig(f"{model_name.split('/')[-1]}-SLowED")
+    dict_args = args.to_dict()
+    dict_args["hub_token"] = args.hub_token  # to_dict hides the hub_token
+    return SLowEDConfig(**dict_args)
+
+
+def _targets_lm_head(target_modules: Any) -> bool:
+    if isinstance(target_modules, str):
+        return target_modules == "lm_head" or target_modules.endswith(".lm_head")
+    return any(str(name) == "lm_head" or str(name).endswith(".lm_head") for name in target_modules or ())
+
+
+def check_peft_config(peft_config: PeftConfig | None, args: SLowEDConfig) -> None:
+    """Refuse, before any model or dataset work, a `peft_config` SLowED cannot train as asked.
+
+    Always: LoRA targeting ``lm_head`` (TRL's fused LM head reads ``lm_head.weight`` directly and would
+    never train the adapter). With Slow Tuning on: any non-LoRA adapter, DoRA (ΔW is not s·B·A), and
+    ``modules_to_save`` (fully trained copies that Slow Tuning would not keep near W0).
+    """
+    if peft_config is None:
+        return
+    if _targets_lm_head(getattr(peft_config, "target_modules", None)):
+        raise ValueError(
+            f"LoRA on lm_head is not supported (target_modules={peft_config.target_modules!r}): TRL's fused LM "
+            "head computes log-probabilities from lm_head.weight directly, so the adapter would never train. "
+            "Remove 'lm_head' from target_modules."
+        )
+    if args.slow_tuning_tau is None:
+        return
+    if not isinstance(peft_config, LoraConfig):
+        raise ValueError(
+            f"Slow Tuning (slow_tuning_tau={args.slow_tuning_tau}) needs a LoRA adapter (ΔW = s·B·A) or full "
+            f"fine-tuning; got a {type(peft_config).__name__}. Use peft.LoraConfig or set slow_tuning_tau=None."
+        )
+    if peft_config.use_dora:
+        raise ValueError(
+            f"Slow Tuning (slow_tuning_tau={args.slow_tuning_tau}) cannot project DoRA adapters (use_dora=True): "
+            "DoRA rescales W0 + ΔW by a learned magnitude, so ΔW is not s·B·A. Set use_dora=False."
+        )
+    if peft_config.modules_to_save:
+        raise ValueError(
+            f"Slow Tuning (slow_tuning_tau={args.slow_tuning_tau}) constrains only the LoRA factors, but "
+            f"modules_to_save={peft_config.modules_to_save!r} would be fully trained without bound. Remove "
+            "modules_to_save or set slow_tuning_tau=None."
+        )
+
+
+def _write_json_atomically(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(record, file, indent=2, sort_keys=True)
+            file.write("\n")
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+class SLowEDTrainer(SFTTrainer):
+    """`trl.SFTTrainer` with SLowED's Low-Entropy Masking and Slow Tuning (knobs in `SLowEDConfig`).
+
+    Takes the same arguments as `SFTTrainer`; `args` may be a `SLowEDConfig` (other configs are converted,
+    with the SLowED knobs off). On construction it refuses model/adapter combinations that cannot work
+    (see `check_peft_config`, and `slowed.slow_tuning.check_lora_projectable` on the wrapped model), adds a
+    `SlowTuningCallback` when ``slow_tuning_tau`` is set, and for ``entropy_source="initial"`` scores the
+    training set with the initial student and wraps the collator in a `MaskingCollator`.
+
+    Logged besides TRL's metrics: ``slowed/masked_fraction`` (LEM-masked / eligible tokens over the logging
+    window, all processes) and, after each Slow Tuning check, ``slowed/delta_norm_before`` /
+    ``slowed/delta_norm_after``. Every saved model or checkpoint gets a ``slowed_config.json`` with the knobs.
+    """
+
+    _tag_names: ClassVar[list[str]] = [*SFTTrainer._tag_names, "slowed"]
+
+    def __init__(
+        self,
+        model: Any,
+        args: TrainingArguments | None = None,
+        data_collator: Any = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        compute_loss_func: Any = None,
+        compute_metrics: Any = None,
+        callbacks: list[transformers.TrainerCallback] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        optimizer_cls_and_kwargs: Any = None,
+        preprocess_logits_for_metrics: Any = None,
+        quantization_config: Any = None,
+        peft_config: PeftConfig | None = None,
+        formatting_func: Any = None,
+    ) -> None:
+        args = _as_slowed_config(args, model)
+        check_peft_config(peft_config, args)
+        if compute_loss_func is not None and args.uses_online_lem:
+            raise ValueError(
+                f"compute_loss_func cannot be combined with online Low-Entropy Masking (entropy_mask_ratio="
+                f"{args.entropy_mask_ratio}): the custom loss would bypass the mask. Drop compute_loss_func or set "
+                "entropy_mask_ratio=0."
+            )
+        if args.slow_tuning_tau is not None and any(
+            isinstance(c, SlowTuningCallback) for c in callbacks or ()
+        ):
+            raise ValueError(
+                "A SlowTuningCallback was passed in `callbacks` while slow_tuning_tau is set: the trainer adds its "
+                "own, and two would project twice. Pass one or the other."
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            formatting_func=formatting_func,
+        )
+        self._masked_window = [0, 0]  # [masked, eligible] LEM tokens since the last log, all processes
+        self._slow_tuning_checks_logged = 0
+        self._initial_masked_total = [0, 0]  # [masked, eligible] over the training set (initial source)
+        self._check_parallelism()
+        self.slow_tuning: SlowTuningCallback | None = None
+        if args.slow_tuning_tau is not None:
+            self._check_slow_tuning_model()
+            self.slow_tuning = SlowTuningCallback(
+                args.slow_tuning_tau, args.slow_tuning_scope, args.slow_tuning_interval
+            )
+            self.add_callback(self.slow_tuning)
+        if args.uses_initial_lem:
+            self.train_dataset = self._add_initial_keep_masks(self.train_dataset)
+            self.data_collator = MaskingCollator(self.data_collator)
+
+    # ----------------------------------------------------------------------------------- construction checks
+
+    def _check_parallelism(self) -> None:
+        config = self.accelerator.parallelism_config
+        if self.args.uses_online_lem and config is not None and (config.cp_enabled or config.sp_enabled):
+            raise NotImplementedError(
+                "Online Low-Entropy Masking is not implemented under context or sequence parallelism: the "
+                "per-sequence quantile would be taken over each rank's shard. Use entropy_source='initial' or "
+                "disable cp/sp."
+            )
+
+    def _check_slow_tuning_model(self) -> None:
+        """With τ set: a peft model must be plain LoRA with nothing else trainable (no DoRA, no lm_head)."""
+        if not any(isinstance(module, BaseTunerLayer) for module in self.model.modules()):
+            return  # full fine-tuning: W0 is snapshotted by the callback
+        check_lora_projectable(self.model)
+        unconstrained = [
+            name
+            for name, param in self.model.named_parameters()
+            if param.requires_grad and "lora_A" not in name and "lora_B" not in name
+        ]
+        if unconstrained:
+            raise ValueError(
+                f"Slow Tuning (slow_tuning_tau={self.args.slow_tuning_tau}) constrains only the LoRA factors, but "
+                f"{len(unconstrained)} other parameters are trainable (e.g. {unconstrained[:3]}, from "
+                "modules_to_save or bias training) and would move without bound. Freeze them or set "
+                "slow_tuning_tau=None."
+            )
+
+    # ------------------------------------------------------------------------------- initial entropy source
+
+    @torch.no_grad()
+    def _initial_keep_flags(self, input_ids: list[list[int]], labels: list[list[int]]) -> list[list[int]]:
+        """Per-token keep flags (1 keep, 0 mask; position 0 always 1) from the frozen initial student.
+
+        Sequences are scored in length-sorted batches of ``per_device_eval_batch_size`` through the fused LM
+        head (per-token entropy without the B×T×V logits); the mask is per sequence, so padding and batching
+        do not change it.
+        """
+        model = self.model
+        device = next(model.parameters()).device
+        pad_id = self._tokenizer.pad_token_id
+        order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
+        flags: list[list[int]] = [[] for _ in input_ids]
+        was_training = model.training
+        model.eval()
+        adapters_off = model.disable_adapter() if is_peft_model(model) else contextlib.nullcontext()
+        try:
+            with adapters_off:
+                for start in range(0, len(order), self.args.per_device_eval_batch_size):
+                    rows = order[start : start + self.args.per_device_eval_batch_size]
+                    longest = max(len(input_ids[i]) for i in rows)
+                    batch_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+                    batch_labels = torch.full((len(rows), longest), -100, dtype=torch.long)
+                    attention = torch.zeros((len(rows), longest), dtype=torch.long)
+                    for j, i in enumerate(rows):
+                        n = len(input_ids[i])
+                        batch_ids[j, :n] = torch.tensor(input_ids[i])
+                        batch_labels[j, :n] = torch.tensor(labels[i])
+                        attention[j, :n] = 1
+                    outputs = model(
+                        input_ids=batch_ids.to(device),
+                        attention_mask=attention.to(device),
+                        labels=batch_labels.to(device),
+                        fused_lm_head=True,
+                    )
+                    valid = outputs.label_mask.bool()
+                    keep = low_entropy_keep_mask(
+                        outputs.entropy.float(), valid, self.args.entropy_mask_ratio, "sequence"
+                    )
+                    self._initial_masked_total[0] += int((valid & ~keep).sum())
+                    self._initial_masked_total[1] += int(valid.sum())
+                    for j, i in enumerate(rows):
+                        flags[i] = [1, *keep[j, : len(input_ids[i]) - 1].int().tolist()]
+        finally:
+            model.train(was_training)
+        return flags
+
+    def _add_initial_keep_masks(self, dataset: Any) -> Any:
+        if not isinstance(dataset, Dataset):
+            raise ValueError(
+                f"entropy_source='initial' needs a map-style datasets.Dataset to store the keep masks in; got "
+                f"{type(dataset).__name__}. Use entropy_source='online' for streaming datasets."
+            )
+        missing = {"input_ids", "labels"} - set(dataset.column_names)
+        if missing:
+            raise ValueError(
+                f"entropy_source='initial' needs the prepared columns input_ids and labels; the training set lacks "
+                f"{sorted(missing)} (with dataset_kwargs={{'skip_prepare_dataset': True}}, provide them yourself)."
+            )
+        flags = self._initial_keep_flags(list(dataset["input_ids"]), list(dataset["labels"]))
+        if KEEP_COLUMN in dataset.column_names:
+            dataset = dataset.remove_columns(KEEP_COLUMN)
+        return dataset.add_column(KEEP_COLUMN, flags)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self.args.uses_initial_lem and KEEP_COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, KEEP_COLUMN]
+
+    # ------------------------------------------------------------------------------------------------- loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
+        """Online LEM: the number of tokens *kept* over the accumulation window, else the base count.
+
+        The base class counts ``shift_labels != -100`` when a batch has ``shift_labels``; it is handed, per
+        micro-batch, a vector with one entry per kept token, so its gather across processes and its divisions
+        (tensor/context/sequence parallel sizes) apply to the kept count unchanged.
+        """
+        if not (self.args.uses_online_lem and batch_samples and "labels" in batch_samples[0]):
+            return super()._get_num_items_in_batch(batch_samples, device)
+        kept_counts = []
+        for batch in batch_samples:
+            valid, seq_idx = _target_valid_and_segments(batch)
+            scope = self.args.entropy_mask_scope
+            valid_rows = valid if scope == "batch" else _valid_by_sequence(valid, seq_idx)
+            kept = int(kept_token_count(valid_rows, self.args.entropy_mask_ratio, scope))
+            kept_counts.append(
+                {"labels": batch["labels"], "shift_labels": torch.zeros(kept, dtype=torch.long)}
+            )
+        return super()._get_num_items_in_batch(kept_counts, device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss; with online LEM in training, over the kept tokens only (see the module docstring)."""
+        training = self.model.training
+        num_masked = inputs.pop(NUM_MASKED_KEY, None)
+        if num_masked is not None and training:
+            num_kept = (inputs["labels"][..., 1:] != -100).sum()
+            self._record_masked(num_masked.to(num_kept.device), num_masked.to(num_kept.device) + num_kept)
+        if not (self.args.uses_online_lem and training):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if num_items_in_batch is None:
+            raise RuntimeError(
+                "Online Low-Entropy Masking needs `num_items_in_batch` (the kept-token count) from the Trainer, "
+                "but got None: the model's forward does not accept loss kwargs."
+            )
+        _, seq_idx = _target_valid_and_segments(inputs)
+        masked_forward = _LowEntropyMaskedForward(
+            model, self.args.entropy_mask_ratio, self.args.entropy_mask_scope, seq_idx
+        )
+        result = super().compute_loss(masked_forward, inputs, return_outputs, num_items_in_batch)
+        valid, keep = masked_forward.valid, masked_forward.keep
+        self._record_masked((valid & ~keep).sum(), valid.sum())
+        return result
+
+    def _record_masked(self, num_masked: torch.Tensor, num_valid: torch.Tensor) -> None:
+        counts = self.accelerator.gather_for_metrics(torch.stack([num_masked, num_valid]).to(torch.int64))
+        masked, valid = counts.reshape(-1, 2).sum(dim=0).tolist()
+        self._masked_window[0] += masked
+        self._masked_window[1] += valid
+
+    # ---------------------------------------------------------------------------------------------- logging
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's logging plus ``slowed/masked_fraction`` and the latest Slow Tuning norms (training only)."""
+        if self.model.training:
+            masked, valid = self._masked_window
+            if valid > 0:
+                self._metrics["train"][MASKED_FRACTION_KEY] = [masked / valid]
+            self._masked_window = [0, 0]
+            if (
+                self.slow_tuning is not None
+                and len(self.slow_tuning.history) > self._slow_tuning_checks_logged
+            ):
+                logs.update(self.slow_tuning.last_logs)
+                self._slow_tuning_checks_logged = len(self.slow_tuning.history)
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------------------- saving
+
+    def slowed_record(self) -> dict[str, Any]:
+        """The SLowED knobs and library versions, as written to ``slowed_config.json``."""
+        record: dict[str, Any] = {
+            **self.args.slowed_dict(),
+            "versions": {
+                "slowed": slowed.__version__,
+                "trl": trl.__version__,
+                "transformers": transformers.__version__,
+            },
+        }
+        if self.args.uses_initial_lem:
+            masked, valid = self._initial_masked_total
+            record["initial_masked_tokens"] = masked
+            record["initial_eligible_tokens"] = valid
+        return record
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save as `SFTTrainer` does, plus ``slowed_config.json`` (atomic; main process) in the same folder."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            _write_json_atomically(
+                Path(output_dir or self.args.output_dir) / SLOWED_CONFIG_NAME, self.slowed_record()
+            )

@@ -1,0 +1,394 @@
+"""SLowEDTrainer against independent references: float64 full-logit LEM, stock TRL, GA equivalence, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from tiny_models import make_tiny_model, make_tiny_tokenizer
+from trl import SFTConfig, SFTTrainer
+
+from slowed.collator import KEEP_COLUMN
+from slowed.config import SLowEDConfig
+from slowed.masking import low_entropy_keep_mask
+from slowed.trainer import SLOWED_CONFIG_NAME, SLowEDTrainer, keep_mask_by_sequence
+
+# An exactly representable ratio: floor(0.25·n) has no rounding ambiguity in the naive reference.
+RATIO = 0.25
+# lm_head scale that spreads the tiny model's entropies (≈ uniform, all ≈ ln V, at scale 1) over
+# [0.07, 3.3] nats, so float32-vs-float64 noise (~1e-6) cannot reorder them (nearest gap ~4e-4).
+SHARPEN = 30.0
+
+_QUESTIONS = [
+    "What is 3 plus 4?",
+    "Is not ( True ) and ( True ) true?",
+    "How many objects do I have?",
+    "Which statement best explains photosynthesis?",
+]
+_RATIONALES = [
+    "Let's think step by step. First we add 3 and 4 to get 7. Then 7 times 2 is 14.",
+    "not ( True ) and ( True ) is False. True or False is True.",
+    "I have a chair, two tables and a lamp. That makes 4 objects.",
+    "The quick brown fox jumps over the lazy dog. Options: (A) sunlight (B) water.",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    """16 conversational prompt/completion rows of varied completion lengths."""
+    rows = []
+    for i in range(16):
+        rationale = _RATIONALES[(3 * i) % 4][: 24 + 4 * i]
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"{_QUESTIONS[i % 4]} ({i})"}],
+                "completion": [
+                    {"role": "assistant", "content": f"{rationale} So the answer is ({'ABCD'[i % 4]})."}
+                ],
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def sharp_model(tokenizer):
+    model = make_tiny_model(tokenizer, seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(SHARPEN)
+    return model
+
+
+def lora_config(**overrides) -> LoraConfig:
+    kwargs = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "up_proj"]}
+    return LoraConfig(**{**kwargs, **overrides})
+
+
+def make_args(config_cls, output_dir, **overrides):
+    kwargs = {
+        "output_dir": str(output_dir),
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": [],
+        "seed": 0,
+        "data_seed": 0,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "learning_rate": 5e-3,
+        "gradient_checkpointing": False,
+        "save_strategy": "no",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+    return config_cls(**{**kwargs, **overrides})
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {name: param.detach().clone() for name, param in model.named_parameters()}
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def train_losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+# ------------------------------------------------------------------------------------ naive float64 reference
+
+
+def reference_entropy_nll(model, input_ids, attention_mask):
+    """Full-logit float64 per-target entropy and NLL, B×(T−1): position t scores token t+1."""
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.double()[:, :-1]
+    log_p = torch.log_softmax(logits, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    nll = -log_p.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return entropy, nll
+
+
+def naive_masked_positions(entropy_rows: list[list[float]], valid_rows: list[list[bool]], ratio, scope):
+    """Set of (row, t) dropped: the floor(ratio·n) lowest entropies per row (or over the batch), earlier first."""
+    groups = (
+        [[(r, t) for r in range(len(valid_rows)) for t in range(len(valid_rows[r])) if valid_rows[r][t]]]
+        if scope == "batch"
+        else [[(r, t) for t in range(len(valid_rows[r])) if valid_rows[r][t]] for r in range(len(valid_rows))]
+    )
+    dropped = set()
+    for group in groups:
+        ranked = sorted(group, key=lambda rt: (entropy_rows[rt[0]][rt[1]], rt))
+        dropped.update(ranked[: math.floor(ratio * len(group))])
+    return dropped
+
+
+# ---------------------------------------------------------------------------------------- loss vs reference
+
+
+@pytest.mark.parametrize("scope", ["sequence", "batch"])
+def test_online_lem_loss_matches_float64_reference(tokenizer, dataset, tmp_path, scope):
+    args = make_args(SLowEDConfig, tmp_path, entropy_mask_ratio=RATIO, entropy_mask_scope=scope)
+    trainer = SLowEDTrainer(
+        sharp_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(5)])
+    model = trainer.model.train()
+    num_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items).item()
+
+    entropy, nll = reference_entropy_nll(model, batch["input_ids"], batch["attention_mask"])
+    valid = batch["labels"][:, 1:] != -100
+    dropped = naive_masked_positions(entropy.tolist(), valid.tolist(), RATIO, scope)
+    kept = [(r, t) for r, t in valid.nonzero().tolist() if (r, t) not in dropped]
+    expected = sum(nll[r, t].item() for r, t in kept) / len(kept)
+
+    assert len(dropped) > 0
+    assert int(num_items) == len(kept)
+    assert loss == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert trainer._masked_window == [len(dropped), int(valid.sum())]
+
+
+def test_keep_mask_by_packed_sequence_equals_per_row_mask():
+    """Padding-free rows regrouped by seq_idx mask exactly like the same sequences as separate rows."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = [5, 9, 1, 7]
+    rows_entropy = [torch.rand(n, generator=generator, dtype=torch.float64) for n in lengths]
+    rows_valid = [torch.rand(n, generator=generator) > 0.2 for n in lengths]
+    longest = max(lengths)
+    padded_entropy = torch.stack([torch.nn.functional.pad(e, (0, longest - len(e))) for e in rows_entropy])
+    padded_valid = torch.stack([torch.nn.functional.pad(v, (0, longest - len(v))) for v in rows_valid])
+    expected = low_entropy_keep_mask(padded_entropy, padded_valid, 0.4, "sequence")
+
+    seq_idx = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+    keep = keep_mask_by_sequence(
+        torch.cat(rows_entropy)[None], torch.cat(rows_valid)[None], 0.4, "sequence", seq_idx
+    )
+    assert keep[0].tolist() == torch.cat([expected[i, :n] for i, n in enumerate(lengths)]).tolist()
+
+
+# ------------------------------------------------------------------------------------- exactly stock TRL
+
+
+@pytest.mark.parametrize("use_lora", [True, False], ids=["lora", "full"])
+def test_knobs_off_is_exactly_stock_sft(tokenizer, dataset, tmp_path, use_lora):
+    runs = {}
+    for name, trainer_cls, config_cls in [
+        ("stock", SFTTrainer, SFTConfig),
+        ("slowed", SLowEDTrainer, SLowEDConfig),
+    ]:
+        trainer = trainer_cls(
+            sharp_model(tokenizer),
+            args=make_args(config_cls, tmp_path / name, gradient_accumulation_steps=2),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config() if use_lora else None,
+        )
+        trainer.train()
+        runs[name] = (train_losses(trainer), weights(trainer.model))
+    (stock_losses, stock_weights), (slowed_losses, slowed_weights) = runs["stock"], runs["slowed"]
+    assert len(stock_losses) == 3
+    assert slowed_losses == stock_losses
+    assert max_abs_diff(stock_weights, slowed_weights) < 1e-6
+
+
+# ----------------------------------------------------------------------------- gradient accumulation
+
+
+def test_lem_batch_4_times_accumulation_2_equals_batch_8(tokenizer, dataset, tmp_path):
+    """Kept-token normalisation over the accumulation window: bs4×GA2 and bs8 take the same SGD steps."""
+    runs = {}
+    for name, batch_size, accumulation in [("ga", 4, 2), ("big", 8, 1)]:
+        args = make_args(
+            SLowEDConfig,
+            tmp_path / name,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            optim="sgd",
+            learning_rate=0.5,
+            lr_scheduler_type="constant",
+            entropy_mask_ratio=RATIO,
+        )
+        trainer = SLowEDTrainer(
+            sharp_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+        start = weights(trainer.model)
+        trainer.train()
+        runs[name] = (train_losses(trainer), weights(trainer.model), trainer.state.log_history)
+    (ga_losses, ga_weights, ga_logs), (big_losses, big_weights, _) = runs["ga"], runs["big"]
+    # The run moved the weights far more than the tolerance, so equality is not vacuous.
+    assert max_abs_diff(start, big_weights) > 1e-2
+    # float32 sums over differently padded micro-batches: ~1e-7 noise per step, 3 SGD steps.
+    assert max_abs_diff(ga_weights, big_weights) < 1e-6
+    assert ga_losses == pytest.approx(big_losses, rel=1e-6)
+    fractions = [entry["slowed/masked_fraction"] for entry in ga_logs if "slowed/masked_fraction" in entry]
+    assert len(fractions) == 3 and all(0.2 < f <= RATIO for f in fractions)
+
+
+# ------------------------------------------------------------------------------------ initial entropy source
+
+
+def test_initial_source_masks_exactly_the_reference_positions(tokenizer, dataset, tmp_path):
+    args = make_args(SLowEDConfig, tmp_path, entropy_mask_ratio=RATIO, entropy_source="initial", max_steps=2)
+    trainer = SLowEDTrainer(
+        sharp_model(tokenizer),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    frozen = sharp_model(tokenizer).eval()
+    rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    batch = trainer.data_collator(rows)
+    expected_masked = 0
+    for r, row in enumerate(rows):
+        ids = torch.tensor([row["input_ids"]])
+        entropy, _ = reference_entropy_nll(frozen, ids, torch.ones_like(ids))
+        valid = [label != -100 for label in row["labels"][1:]]
+        dropped = naive_masked_positions(entropy.tolist(), [valid], RATIO, "sequence")
+        expected = [-100 if (0, j - 1) in dropped else label for j, label in enumerate(row["labels"])]
+        n = len(row["labels"])
+        assert batch["labels"][r, :n].tolist() == expected
+        assert (batch["labels"][r, n:] == -100).all()
+        assert len(row[KEEP_COLUMN]) == n
+        expected_masked += len(dropped)
+    assert int(batch["slowed_num_masked"]) == expected_masked > 0
+
+    trainer.train()
+    record = (
+        json.loads((tmp_path / SLOWED_CONFIG_NAME).read_text())
+        if (tmp_path / SLOWED_CONFIG_NAME).exists()
+        else None
+    )
+    assert record is None  # nothing saved yet: save_strategy="no"
+    trainer.save_model()
+    record = json.loads((tmp_path / SLOWED_CONFIG_NAME).read_text())
+    assert record["entropy_source"] == "initial" and record["initial_masked_tokens"] == expected_masked
+    fractions = [
+        e["slowed/masked_fraction"] for e in trainer.state.log_history if "slowed/masked_fraction" in e
+    ]
+    assert len(fractions) == 2 and all(0.2 < f <= RATIO for f in fractions)
+
+
+# --------------------------------------------------------------------------- Slow Tuning: checkpoints, resume
+
+TAU = 0.05
+
+
+def _slow_tuning_trainer(tokenizer, dataset, output_dir, max_steps):
+    args = make_args(
+        SLowEDConfig,
+        output_dir,
+        max_steps=max_steps,
+        save_strategy="steps",
+        save_steps=2,
+        learning_rate=2e-2,
+        entropy_mask_ratio=RATIO,
+        slow_tuning_tau=TAU,
+        slow_tuning_interval="step",
+    )
+    return SLowEDTrainer(
+        sharp_model(tokenizer),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+
+
+def adapter_global_norm(state: dict[str, torch.Tensor], scaling: float) -> float:
+    """‖ΔW‖_F over all modules from a saved adapter, forming s·B·A explicitly in float64."""
+    total = 0.0
+    for key, lora_a in state.items():
+        if "lora_A" in key:
+            lora_b = state[key.replace("lora_A", "lora_B")]
+            total += (scaling * lora_b.double() @ lora_a.double()).square().sum().item()
+    return math.sqrt(total)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tokenizer, dataset, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("slow-tuning")
+    trainer = _slow_tuning_trainer(tokenizer, dataset, output_dir, max_steps=4)
+    trainer.train()
+    return output_dir, trainer
+
+
+def test_checkpoints_hold_projected_adapters(uninterrupted_run):
+    output_dir, trainer = uninterrupted_run
+    assert all(result.norm_before > TAU for _, result in trainer.slow_tuning.history)  # projection was active
+    logged = [
+        e["slowed/delta_norm_after"] for e in trainer.state.log_history if "slowed/delta_norm_after" in e
+    ]
+    assert len(logged) == 4 and all(value == pytest.approx(TAU) for value in logged)
+    for step in (2, 4):
+        checkpoint = output_dir / f"checkpoint-{step}"
+        norm = adapter_global_norm(load_file(checkpoint / "adapter_model.safetensors"), scaling=8 / 4)
+        assert norm <= TAU * (1 + 1e-5)
+        assert norm == pytest.approx(TAU, rel=1e-5)
+        record = json.loads((checkpoint / SLOWED_CONFIG_NAME).read_text())
+        assert record["slow_tuning_tau"] == TAU and record["entropy_mask_ratio"] == RATIO
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(uninterrupted_run, tokenizer, dataset, tmp_path):
+    output_dir, trainer = uninterrupted_run
+    resumed = _slow_tuning_trainer(tokenizer, dataset, output_dir / "resumed", max_steps=4)
+    resumed.train(resume_from_checkpoint=str(Path(output_dir) / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    assert max_abs_diff(weights(trainer.model), weights(resumed.model)) < 1e-6
+    assert train_losses(resumed)[-2:] == pytest.approx(train_losses(trainer)[-2:], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------- refused combinations
+
+
+def test_dora_with_slow_tuning_fails_in_init(tokenizer, dataset, tmp_path):
+    args = make_args(SLowEDConfig, tmp_path, slow_tuning_tau=1.0)
+    with pytest.raises(ValueError, match=r"DoRA.*use_dora"):
+        SLowEDTrainer(
+            sharp_model(tokenizer),
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(use_dora=True),
+        )
+
+
+def test_dora_peft_model_with_slow_tuning_fails_in_init(tokenizer, dataset, tmp_path):
+    args = make_args(SLowEDConfig, tmp_path, slow_tuning_tau=1.0)
+    model = get_peft_model(sharp_model(tokenizer), lora_config(use_dora=True))
+    with pytest.raises(ValueError, match="DoRA"):
+        SLowEDTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def test_lora_on_lm_head_fails_in_init(tokenizer, dataset, tmp_path):
+    with pytest.raises(ValueError, match="lm_head"):
+        SLowEDTrainer(
+            sharp_model(tokenizer),
+            args=make_args(SLowEDConfig, tmp_path),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(target_modules=["q_proj", "lm_head"]),
+        )
+
+
+def test_modules_to_save_with_slow_tuning_fails_in_init(tokenizer, dataset, tmp_path):
+    with pytest.raises(ValueError, match="modules_to_save"):
+        SLowEDTrainer(
+            sharp_model(tokenizer),
+            args=make_args(SLowEDConfig, tmp_path, slow_tuning_tau=1.0),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(modules_to_save=["lm_head"]),
+        )
