@@ -331,7 +331,10 @@ def _trainable_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]
 
 
 def snapshot_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached clones of the trainable parameters (name -> tensor, same device and dtype): the W0 of full FT."""
+    """Detached clones of the trainable parameters (name -> tensor, same device and dtype): the W0 of full FT.
+
+    This doubles the memory of the trainable parameters on their device.
+    """
     return {name: param.detach().clone() for name, param in _trainable_parameters(model)}
 
 
@@ -424,7 +427,9 @@ class SlowTuningCallback(TrainerCallback):
         adapter_name: the peft adapter to constrain.
 
     The mode comes from the model: peft tuner layers present → LoRA, else full fine-tuning. Both hooks run
-    before the Trainer saves a checkpoint, so checkpoints hold projected weights.
+    before the Trainer saves a checkpoint, so checkpoints saved at a check hold projected weights (with
+    interval "epoch", a checkpoint saved mid-epoch holds the weights as trained so far). Under DDP every
+    rank projects its own replica identically; FSDP is refused.
 
     Resuming full fine-tuning: a fresh run (global_step 0) writes the snapshot to
     ``<output_dir>/slow_tuning_reference.safetensors`` (atomically, main process); a resumed run reloads it
