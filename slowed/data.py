@@ -182,7 +182,7 @@ def split_by_task_index(
     missing = [c for c in ("task", "index") if c not in dataset.column_names]
     if missing:
         raise ValueError(f"split_by_task_index needs columns 'task' and 'index'; missing {missing}")
-    tasks, indices = dataset["task"], dataset["index"]
+    tasks, indices = list(dataset["task"]), list(dataset["index"])
     duplicates = [pair for pair, count in Counter(zip(tasks, indices, strict=True)).items() if count > 1]
     if duplicates:
         shown = ", ".join(f"(task={t!r}, index={i!r})" for t, i in duplicates[:10])
@@ -288,7 +288,7 @@ def _read_jsonl(path: Path) -> _Unit:
             if not line.strip():
                 continue
             try:
-                records.append((line_number, json.loads(line)))
+                records.append((line_number, json.loads(line.rstrip("\r\n"))))
             except json.JSONDecodeError as error:
                 bad_lines.append(f"  line {line_number}: not valid JSON ({error.msg}, column {error.colno})")
     if bad_lines:
