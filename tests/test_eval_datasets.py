@@ -1,0 +1,216 @@
+"""Dataset loaders: local files (shared data and synthetic sample data), hub row formatting, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from sample_data import AGIEVAL_SUBSETS, BBH_TASKS, BBSUB_TASKS, write_sample_data_dir
+
+from slowed.evaluation import datasets as eval_datasets
+from slowed.evaluation.datasets import (
+    DATA_DIR_ENV,
+    agieval_hub_row,
+    agieval_local_row,
+    arc_hub_row,
+    bigbench_hub_row,
+    load_advbench,
+    load_agieval,
+    load_arc,
+    load_bbh,
+    load_bbsub,
+    resolve_data_dir,
+)
+
+ROWS = 3
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory) -> Path:
+    return write_sample_data_dir(tmp_path_factory.mktemp("sample-data"), rows_per_file=ROWS)
+
+
+@pytest.fixture(autouse=True)
+def _no_env_data_dir(monkeypatch) -> None:
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_task_lists_match_sample_data() -> None:
+    assert eval_datasets.BBH_TASKS == BBH_TASKS
+    assert eval_datasets.AGIEVAL_SUBSETS == AGIEVAL_SUBSETS
+    assert eval_datasets.BBSUB_TASKS == BBSUB_TASKS
+
+
+# ------------------------------------------------------------------ the shared datasets, every row
+
+
+def test_shared_bbh_every_row(shared_data_dir: Path) -> None:
+    for task in BBH_TASKS:
+        examples = json.loads((shared_data_dir / "bbh" / "tasks" / f"{task}.json").read_text())["examples"]
+        rows = load_bbh(task, data_dir=shared_data_dir)["test"]
+        assert len(rows) == len(examples), task
+        assert rows[-1] == {"question": examples[-1]["input"].strip(), "target": examples[-1]["target"]}
+
+
+@pytest.mark.parametrize(("subset", "count"), [("ARC-Easy", 2376), ("ARC-Challenge", 1172)])
+def test_shared_arc_every_row(shared_data_dir: Path, subset: str, count: int) -> None:
+    items = json.loads((shared_data_dir / "arc" / f"{subset}-Test.json").read_text())
+    rows = load_arc(subset, data_dir=shared_data_dir)["test"]
+    assert len(rows) == len(items) == count
+    assert rows["question"] == [item["input"] for item in items]
+    assert rows["target"] == [item["target"] for item in items]
+
+
+def test_shared_agieval_every_row(shared_data_dir: Path) -> None:
+    for subset in AGIEVAL_SUBSETS:
+        raw = _jsonl(shared_data_dir / "agieval" / f"{subset}.jsonl")
+        rows = load_agieval(subset, data_dir=shared_data_dir)["test"]
+        assert len(rows) == len(raw), subset
+        for row, source in zip(rows, raw, strict=True):
+            expected = source["answer"].strip() if subset == "math" else f"({source['label']})"
+            assert row["target"] == expected
+            assert source["question"].strip() in row["question"]
+            for option in source["options"] or []:  # every option text survives the label clean-up
+                assert option.strip()[3:].strip()[-10:] in row["question"]
+
+
+def test_shared_advbench(shared_data_dir: Path) -> None:
+    with (shared_data_dir / "advbench" / "harmful_behaviors.csv").open(newline="") as handle:
+        goals = [row["goal"] for row in csv.DictReader(handle)]
+    rows = load_advbench(data_dir=shared_data_dir)["test"]
+    assert len(rows) == len(goals) == 520
+    assert rows["prompt"] == goals
+
+
+def test_shared_data_has_no_bbsub(shared_data_dir: Path) -> None:
+    missing = shared_data_dir / "bbsub" / "emoji_movie.jsonl"
+    with pytest.raises(FileNotFoundError) as error:
+        load_bbsub("emoji_movie", data_dir=shared_data_dir)
+    message = str(error.value)
+    assert str(missing) in message and "--metadata data_dir" in message and "tasksource/bigbench" in message
+
+
+# ------------------------------------------------------------------ synthetic sample data
+
+
+def test_sample_data_every_loader(sample_dir: Path) -> None:
+    for task in BBH_TASKS:
+        examples = json.loads((sample_dir / "bbh" / "tasks" / f"{task}.json").read_text())["examples"]
+        assert load_bbh(task, data_dir=sample_dir)["test"]["target"] == [e["target"] for e in examples]
+    for subset in ("ARC-Easy", "ARC-Challenge"):
+        items = json.loads((sample_dir / "arc" / f"{subset}-Test.json").read_text())
+        assert load_arc(subset, data_dir=sample_dir)["test"]["question"] == [i["input"] for i in items]
+    for subset in AGIEVAL_SUBSETS:
+        assert len(load_agieval(subset, data_dir=sample_dir)["test"]) == ROWS
+    for task in BBSUB_TASKS:
+        raw = _jsonl(sample_dir / "bbsub" / f"{task}.jsonl")
+        assert load_bbsub(task, data_dir=sample_dir)["test"].to_list() == [
+            {"question": r["input"], "target": r["target"]} for r in raw
+        ]
+    assert len(load_advbench(data_dir=sample_dir)["test"]) == ROWS
+
+
+def test_agieval_local_prompt_layout(sample_dir: Path) -> None:
+    """Passage, "Question:", "Options:" and cleaned "(X) text" lines (gaokao's "  A. text  " included)."""
+    row = load_agieval("gaokao-english", data_dir=sample_dir)["test"][1]
+    assert row == {
+        "question": "Passage 1 of gaokao-english.\nQuestion: Which option is right for gaokao-english item 1?\n"
+        "Options:\n(A) choice A of item 1\n(B) choice B of item 1\n(C) choice C of item 1\n(D) choice D of item 1",
+        "target": "(B)",
+    }
+    math = load_agieval("math", data_dir=sample_dir)["test"][0]
+    assert math == {"question": "Question: What is $\\frac{1}{2}$ of 4?", "target": "2"}
+
+
+def test_data_dir_from_env_and_metadata_wins(sample_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    assert resolve_data_dir(None) is None
+    monkeypatch.setenv(DATA_DIR_ENV, str(sample_dir))
+    assert resolve_data_dir(None) == (sample_dir, f"the environment variable {DATA_DIR_ENV}")
+    assert len(load_arc("ARC-Easy")["test"]) == ROWS  # the env variable alone selects local files
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=DATA_DIR_ENV):
+        load_arc("ARC-Easy", data_dir="")  # empty metadata falls back to the env variable ...
+    assert len(load_arc("ARC-Easy", data_dir=str(sample_dir))["test"]) == ROWS  # ... metadata wins
+
+
+def test_bad_rows_name_file_row_and_field(tmp_path: Path) -> None:
+    (tmp_path / "agieval").mkdir()
+    (tmp_path / "agieval" / "lsat-ar.jsonl").write_text(
+        json.dumps({"passage": None, "question": "q", "options": ["(A)x", "(B)y"], "label": "C"}) + "\n"
+    )
+    with pytest.raises(ValueError, match=r"lsat-ar.jsonl line 1: label 'C'"):
+        load_agieval("lsat-ar", data_dir=tmp_path)
+    (tmp_path / "arc").mkdir()
+    (tmp_path / "arc" / "ARC-Easy-Test.json").write_text(json.dumps([{"input": "q"}]))
+    with pytest.raises(ValueError, match=r"ARC-Easy-Test.json item 0: missing field 'target'"):
+        load_arc("ARC-Easy", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown BBH subset 'not_a_task'"):
+        load_bbh("not_a_task", data_dir=tmp_path)
+
+
+# ------------------------------------------------------------------ hub row formats (hand-written rows)
+
+
+def test_arc_hub_row_matches_local_layout() -> None:
+    row = {
+        "question": "Which is a mammal? ",
+        "choices": {"text": ["shark", "whale", "trout"], "label": ["1", "2", "3"]},
+        "answerKey": "2",
+    }
+    assert arc_hub_row(row, "row 0") == {
+        "question": "Question: Which is a mammal?\nOptions:\n(1) shark\n(2) whale\n(3) trout",
+        "target": "(2)",
+    }
+
+
+def test_agieval_hub_and_local_rows_give_the_same_prompt() -> None:
+    local = {
+        "passage": "A short passage.",
+        "question": "What follows?",
+        "options": ["(A)first", "(B)second", "(C)third", "(D)fourth"],
+        "label": "C",
+        "answer": None,
+    }
+    # AGIEval's zero-shot query: passage + "Q: " + question + " Answer Choices: " + options + "\nA: ..."
+    hub = {
+        "query": "A short passage.Q: What follows? Answer Choices: (A)first (B)second (C)third (D)fourth\n"
+        "A: Among A through D, the answer is",
+        "choices": ["(A)first", "(B)second", "(C)third", "(D)fourth"],
+        "gold": [2],
+    }
+    expected = {
+        "question": "A short passage.\nQuestion: What follows?\nOptions:\n(A) first\n(B) second\n(C) third\n(D) fourth",
+        "target": "(C)",
+    }
+    assert agieval_local_row(local, "lsat-lr", "local") == expected
+    assert agieval_hub_row(hub, "lsat-lr", "hub") == expected
+    math_hub = {"query": "Q: What is $1+1$?\nA: The answer is", "answer": "2"}
+    math_local = {
+        "passage": None,
+        "question": "What is $1+1$?",
+        "options": None,
+        "label": None,
+        "answer": "2",
+    }
+    assert agieval_hub_row(math_hub, "math", "hub") == agieval_local_row(math_local, "math", "local")
+
+
+def test_bigbench_hub_row() -> None:
+    row = {
+        "inputs": "Q: Which movie is this? 🐟🐠\n  choice: Finding Nemo\n  choice: Jaws\nA:",
+        "targets": ["Finding Nemo"],
+        "multiple_choice_targets": ["Finding Nemo", "Jaws"],
+        "multiple_choice_scores": [1, 0],
+    }
+    assert bigbench_hub_row(row, "row 0") == {
+        "question": "Q: Which movie is this? 🐟🐠\nOptions:\n(A) Finding Nemo\n(B) Jaws",
+        "target": "(A)",
+    }
+    with pytest.raises(ValueError, match=r"row 1: needs 1\.\.26 choices with one score 1"):
+        bigbench_hub_row(row | {"multiple_choice_scores": [0, 0]}, "row 1")
