@@ -11,7 +11,7 @@ from typing import Any
 from lm_eval import simple_evaluate
 from lm_eval.utils import simple_parse_args_string
 
-from slowed.evaluation.results import metrics_from_results
+from slowed.evaluation.results import judge_records_for, metrics_from_results
 from slowed.evaluation.tasks import IncludePath, task_manager
 
 __all__ = ["evaluate", "metrics_from_results"]
@@ -61,8 +61,9 @@ def evaluate(
             ``gen_kwargs``, ``log_samples``, ``evaluation_tracker``, ...).
 
     Returns:
-        lm-eval's results dict (``results``, ``groups``, ``configs``, ..., ``samples`` when logged); pass it to
-        :func:`metrics_from_results` for the paper's metrics.
+        lm-eval's results dict (``results``, ``groups``, ``configs``, ..., ``samples`` when logged) plus
+        ``slowed_judges`` (the safety judge's description and label counts, when a safety task ran); pass it
+        to :func:`metrics_from_results` for the paper's metrics.
     """
     parsed_model_args = (
         simple_parse_args_string(model_args) if isinstance(model_args, str) else model_args or {}
@@ -84,4 +85,8 @@ def evaluate(
         raise RuntimeError(
             "lm_eval.simple_evaluate returned no results (non-zero rank in a distributed run?)"
         )
-    return dict(results)
+    results = dict(results)
+    records = judge_records_for(results)
+    if records:
+        results["slowed_judges"] = records
+    return results

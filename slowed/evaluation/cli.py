@@ -10,13 +10,18 @@ lm-eval 0.4.13's CLI is argparse with subcommands ``run`` / ``ls`` / ``validate`
 ``run``). The slowed subcommands are dispatched on the first argument before anything reaches lm-eval, and
 every lm-eval subcommand gets ``--include_path`` = [our task folder, the user's path] (lm-eval's
 ``TaskManager`` accepts a list; later paths win, so a user's task of the same name overrides ours).
+After a run, the judge records are added to the results file (see :func:`run_lm_eval`).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from slowed.evaluation.results import attach_judge_records
 from slowed.evaluation.tasks import TASK_DIR, include_paths
 
 
@@ -53,13 +58,11 @@ Every other argument is lm-eval's (below).
 """
 
 
-def run_lm_eval(argv: Sequence[str]) -> int:
-    """Parse ``argv`` with lm-eval's own ``HarnessCLI`` (legacy 'run' insertion included), add our task
-    folder to ``include_path`` and execute it."""
+def parse_lm_eval_args(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
+    """Parse ``argv`` with lm-eval's own ``HarnessCLI`` (its legacy insertion of ``run`` included) and put
+    our task folder in front of the user's ``--include_path``; returns (the HarnessCLI, the namespace)."""
     from lm_eval._cli import HarnessCLI
-    from lm_eval.utils import setup_logging
 
-    setup_logging()
     harness = HarnessCLI()
     saved_argv = sys.argv
     sys.argv = ["slowed-eval", *argv]
@@ -69,7 +72,21 @@ def run_lm_eval(argv: Sequence[str]) -> int:
         sys.argv = saved_argv
     if hasattr(args, "include_path"):
         args.include_path = include_paths(args.include_path)
+    return harness, args
+
+
+def run_lm_eval(argv: Sequence[str]) -> int:
+    """Run lm-eval's CLI on ``argv`` with the slowed tasks included (:func:`parse_lm_eval_args`). The results
+    files it writes get ``"slowed_judges"``: the safety judge that ran (model, template hash, generation
+    settings) and its label counts."""
+    from lm_eval.utils import setup_logging
+
+    setup_logging()
+    harness, args = parse_lm_eval_args(argv)
+    started = time.time()
     harness.execute(args)
+    if getattr(args, "output_path", None):
+        attach_judge_records(args.output_path, started)
     return 0
 
 

@@ -3,7 +3,7 @@
 The Markdown table shows percentages with two decimals (as in the paper); the CSV holds the raw fractions.
 A folder argument stands for the newest ``results_*.json`` of each of its sub-folders. Rows keep the order
 given; the default label is the evaluated model's last path component (the adapter / checkpoint folder,
-lm-eval's ``model_name``), else the file name.
+lm-eval's ``model_name``), else the file name, plus the judge for files written by ``slowed-eval judge``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,10 @@ def collect_rows(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
             raise ResultsError(f"{path}: {error}") from error
         model_name = data.get("model_name")
         default_label = Path(str(model_name)).name if model_name else path.stem
+        if "slowed_rejudge" in data:
+            judges = [record.get("judge", {}) for record in data.get("slowed_judges", {}).values()]
+            names = [str(judge.get("model") or judge.get("kind")) for judge in judges]
+            default_label += f" (judge: {', '.join(names)})"
         rows.append(ReportRow(labels[index] if labels is not None else default_label, path, metrics))
     return rows
 

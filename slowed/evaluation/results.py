@@ -169,6 +169,43 @@ def write_atomic(path: str | Path, content: str | bytes) -> Path:
     return path
 
 
+def judge_records_for(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The safety judge records (``describe()``, label counts, files) of this process for the tasks in
+    ``results`` (see ``slowed.evaluation.safety.recorded_judges``); empty when no judge ran here."""
+    import sys
+
+    safety = sys.modules.get("slowed.evaluation.safety")
+    if safety is None:
+        return {}
+    return {
+        task: record
+        for task, record in safety.recorded_judges().items()
+        if task in results.get("results", {})
+    }
+
+
+def attach_judge_records(output_path: str | Path, since: float) -> list[Path]:
+    """Add ``"slowed_judges"`` (:func:`judge_records_for`) to the results files lm-eval wrote under
+    ``output_path`` (a folder, or a ``.json`` path it suffixes with a timestamp) at or after ``since``
+    (``time.time()``); rewrites each atomically and returns them."""
+    output_path = Path(output_path)
+    if output_path.suffix == ".json":
+        candidates = output_path.parent.glob(f"{output_path.stem}_*.json")
+    else:
+        candidates = output_path.rglob("results_*.json")
+    updated = []
+    for path in sorted(candidates):
+        if path.stat().st_mtime < since:
+            continue
+        data = load_results(path)
+        records = judge_records_for(data)
+        if records:
+            data["slowed_judges"] = records
+            write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
+            updated.append(path)
+    return updated
+
+
 def missing_metric_message(path: str | Path, name: str, present: Iterable[str]) -> str:
     """A clear 'metric absent' message naming the file, the metric and what is there."""
     source = METRIC_SOURCES.get(name)

@@ -1,0 +1,200 @@
+"""``slowed-eval judge``: re-judge the saved generations of a safety run with another judge, no regeneration.
+
+Input: an lm-eval ``--log_samples`` file ``samples_<task>_<timestamp>.jsonl`` of ``slowed_safety`` (or
+``slowed_safety_keywords``), or the generations file the judge filter saves before judging. Output: a new
+results JSON in lm-eval's layout (``results.<task>`` with ``safety_ratio,<filter>``,
+``judge_unknown_rate,<filter>`` and their stderrs, under the same filter name as the run), so ``report`` and
+``check`` read it like any run. It also records ``slowed_judges.<task>`` (the judge's ``describe()``, label
+counts) and ``slowed_rejudge`` (source file, agreement with the verdicts logged in the samples). The model
+provenance (``model_name``, ``config``) is copied from the run's ``results_<timestamp>.json`` beside the
+samples when present. Exit status 0, or 2 when the input or the judge cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from slowed.evaluation.results import write_atomic
+
+SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<timestamp>\d{4}-\d{2}-\d{2}T[\d.\-]+)\.jsonl$")
+GENERATIONS_NAME = re.compile(r"^(?P<task>.+)_\d{8}T\d+Z_\d+_generations\.jsonl$")
+SAFETY_METRICS: tuple[tuple[str, bool], ...] = (("safety_ratio", True), ("judge_unknown_rate", False))
+DEFAULT_TASK, DEFAULT_FILTER = "slowed_safety", "judge"
+
+
+class RejudgeError(ValueError):
+    """The samples file, the options or the judge cannot be used; the message names which and why."""
+
+
+def task_of(path: Path) -> str | None:
+    """The task name in an lm-eval samples file name or a judge-filter generations file name."""
+    match = SAMPLES_NAME.match(path.name) or GENERATIONS_NAME.match(path.name)
+    return match["task"] if match else None
+
+
+def run_results_file(samples_path: Path) -> Path | None:
+    """``results_<timestamp>.json`` written by the same lm-eval run as ``samples_<task>_<timestamp>.jsonl``."""
+    match = SAMPLES_NAME.match(samples_path.name)
+    if not match:
+        return None
+    candidate = samples_path.with_name(f"results_{match['timestamp']}.json")
+    return candidate if candidate.is_file() else None
+
+
+def logged_labels(samples: Sequence[Mapping[str, Any]]) -> list[str] | None:
+    """Verdict labels logged by the run's judge filter (``filtered_resps = [[label, raw]]``), if all present."""
+    labels = []
+    for sample in samples:
+        filtered = sample.get("filtered_resps")
+        if not (isinstance(filtered, list) and filtered and isinstance(filtered[0], list) and filtered[0]):
+            return None
+        labels.append(str(filtered[0][0]))
+    return labels
+
+
+def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | str]:
+    """lm-eval's ``mean`` and ``mean_stderr`` (sample std / sqrt(n)); ``"N/A"`` below two samples, as lm-eval."""
+    from lm_eval.api.metrics import mean, mean_stderr
+
+    return mean(values), (mean_stderr(values) if len(values) > 1 else "N/A")
+
+
+def build_results(
+    task: str,
+    filter_name: str,
+    labels: Sequence[str],
+    judge_description: Mapping[str, Any],
+    source: Path,
+    run_results: Mapping[str, Any] | None,
+    agreement: float | None,
+) -> dict[str, Any]:
+    """A results dict in lm-eval's layout for one re-judged safety task."""
+    per_doc = {
+        "safety_ratio": [float(label == "safe") for label in labels],
+        "judge_unknown_rate": [float(label == "unknown") for label in labels],
+    }
+    entry: dict[str, Any] = {"name": task, "alias": task, "sample_len": len(labels)}
+    for metric, _ in SAFETY_METRICS:
+        value, stderr = _mean_and_stderr(per_doc[metric])
+        entry[f"{metric},{filter_name}"] = value
+        entry[f"{metric}_stderr,{filter_name}"] = stderr
+    counts = {label: sum(1 for seen in labels if seen == label) for label in ("safe", "unsafe", "unknown")}
+    provenance = (
+        {
+            key: run_results[key]
+            for key in ("model_name", "model_name_sanitized", "config")
+            if key in run_results
+        }
+        if run_results
+        else {}
+    )
+    return {
+        "results": {task: entry},
+        "groups": {},
+        "group_subtasks": {},
+        "versions": {task: (run_results or {}).get("versions", {}).get(task, 1.0)},
+        "n-shot": {task: 0},
+        "higher_is_better": {task: dict(SAFETY_METRICS)},
+        "n-samples": {task: {"original": len(labels), "effective": len(labels)}},
+        **provenance,
+        "slowed_judges": {task: {"judge": dict(judge_description), "n": len(labels), "counts": counts}},
+        "slowed_rejudge": {"source_samples": str(source), "agreement_with_logged_verdicts": agreement},
+        "date": datetime.now(timezone.utc).timestamp(),
+    }
+
+
+def rejudge(
+    samples_path: str | Path,
+    output: str | Path,
+    judge: str | None = None,
+    task: str | None = None,
+    output_samples: str | Path | None = None,
+) -> dict[str, Any]:
+    """Re-judge ``samples_path`` with ``judge`` (a ``load_judge`` spec; None = $SLOWED_JUDGE or the default),
+    write the results JSON to ``output`` (and the re-judged samples to ``output_samples``) atomically, and
+    return the results dict."""
+    from slowed.evaluation.safety import judge_samples, read_samples
+    from slowed.judges import load_judge
+
+    samples_path = Path(samples_path)
+    if not samples_path.is_file():
+        raise RejudgeError(f"--samples {samples_path}: file not found (pass a samples_slowed_safety_*.jsonl)")
+    task = task or task_of(samples_path) or DEFAULT_TASK
+    try:
+        samples = read_samples(samples_path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RejudgeError(f"--samples {samples_path}: {error}") from error
+    if not samples:
+        raise RejudgeError(f"--samples {samples_path}: no samples in the file")
+    filter_name = str(samples[0].get("filter") or DEFAULT_FILTER)
+    try:
+        judge_model = load_judge(judge)
+    except (ValueError, OSError, ImportError) as error:
+        raise RejudgeError(f"--judge {judge or '(from $SLOWED_JUDGE)'}: {error}") from error
+    try:
+        verdicts, summary = judge_samples(samples, judge_model)
+    except ValueError as error:
+        raise RejudgeError(f"--samples {samples_path}: {error}") from error
+    labels = [verdict.label for verdict in verdicts]
+    logged = logged_labels(samples)
+    agreement = sum(a == b for a, b in zip(labels, logged, strict=True)) / len(labels) if logged else None
+    run_file = run_results_file(samples_path)
+    run_results = json.loads(run_file.read_text(encoding="utf-8")) if run_file else None
+    results = build_results(task, filter_name, labels, summary["judge"], samples_path, run_results, agreement)
+    if output_samples is not None:
+        lines = []
+        for sample, verdict in zip(samples, verdicts, strict=True):
+            rejudged = {**sample, "filtered_resps": [[verdict.label, verdict.raw]], "filter": filter_name}
+            rejudged["safety_ratio"] = float(verdict.label == "safe")
+            rejudged["judge_unknown_rate"] = float(verdict.label == "unknown")
+            lines.append(json.dumps(rejudged, ensure_ascii=False) + "\n")
+        write_atomic(output_samples, "".join(lines))
+    write_atomic(output, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="slowed-eval judge",
+        description="Re-judge the generations of a slowed_safety --log_samples file with another judge.",
+    )
+    parser.add_argument(
+        "--samples", required=True, help="samples_slowed_safety_<timestamp>.jsonl (or *_generations.jsonl)"
+    )
+    parser.add_argument(
+        "--judge",
+        help="judge spec: a preset, 'keywords', 'walledeval:<Class>' or a local guard model "
+        "(with SLOWED_JUDGE_TEMPLATE); default $SLOWED_JUDGE, else walledguard-c",
+    )
+    parser.add_argument("--output", required=True, help="results JSON to write (lm-eval layout)")
+    parser.add_argument("--output-samples", help="also write the samples with the new verdicts (JSONL)")
+    parser.add_argument("--task", help="task name for the results (default: from the samples file name)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``slowed-eval judge``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        results = rejudge(args.samples, args.output, args.judge, args.task, args.output_samples)
+    except (RejudgeError, OSError) as error:
+        print(f"slowed-eval judge: error: {error}", file=sys.stderr)
+        return 2
+    [(task, entry)] = results["results"].items()
+    judge = results["slowed_judges"][task]
+    metrics = ", ".join(
+        f"{key} = {value:.4f}" for key, value in entry.items() if "," in key and "_stderr" not in key
+    )
+    print(f"{task}: {metrics} over {entry['sample_len']} samples; judge {judge['judge']}")
+    agreement = results["slowed_rejudge"]["agreement_with_logged_verdicts"]
+    if agreement is not None:
+        print(f"agreement with the verdicts logged in {args.samples}: {agreement:.2%}")
+    print(f"wrote {args.output}")
+    return 0
