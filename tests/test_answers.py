@@ -36,6 +36,7 @@ MC_QUESTION = "Which day?\nOptions:\n(A) Monday\n(B) Tuesday\n(C) Wednesday"
         ("So the answer is ] ) }.", "] ) }"),
         ("So the answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
         ('So the answer is "yes".', "yes"),
+        ("So the answer is $\\boxed{B}$.", "B"),
         ("So the answer is apple banana cherry.", "apple banana cherry"),
         ("I think it is (B).", None),  # no answer sentence
         ("So the answer is.", None),  # empty answer

@@ -73,7 +73,7 @@ def _strip_decorations(answer: str) -> str:
     previous = None
     while previous != answer:
         previous = answer
-        answer = answer.strip().rstrip(".,;!")
+        answer = _unwrap_boxed(answer.strip().rstrip(".,;!"))
         for left, right in (("**", "**"), ("__", "__"), ("$", "$"), ('"', '"'), ("'", "'"), ("`", "`")):
             if (
                 len(answer) > len(left) + len(right) - 1

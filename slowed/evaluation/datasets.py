@@ -251,7 +251,8 @@ def split_agieval_query(query: str, multiple_choice: bool, where: str) -> tuple[
     Those queries are AGIEval's zero-shot prompts: ``passage + "Q: " + question`` followed by
     ``" Answer Choices: ..."`` (multiple choice) and a final ``"\\nA: ..."`` line.
     """
-    body = query[: query.rfind("\n")] if "\nA:" in query else query
+    answer_line = query.rfind("\nA:")
+    body = query[:answer_line] if answer_line >= 0 else query
     if multiple_choice:
         cut = body.rfind(" Answer Choices:")
         if cut < 0:
