@@ -160,6 +160,35 @@ def test_online_lem_loss_matches_float64_reference(tokenizer, dataset, tmp_path,
     assert trainer._masked_window == [len(dropped), int(valid.sum())]
 
 
+def test_padding_free_batch_masks_per_sequence_like_padded_batch(tokenizer, dataset, tmp_path):
+    """A padding-free row (TRL's seq_idx) gets the same per-sequence masks, kept count and loss as padding."""
+    results = {}
+    for padding_free in (False, True):
+        args = make_args(
+            SLowEDConfig,
+            tmp_path / str(padding_free),
+            entropy_mask_ratio=RATIO,
+            padding_free=padding_free,
+            max_length=None,
+        )
+        trainer = SLowEDTrainer(
+            sharp_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(5)])
+        assert ("seq_idx" in batch) == padding_free
+        num_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
+        loss = trainer.compute_loss(trainer.model.train(), dict(batch), num_items_in_batch=num_items).item()
+        results[padding_free] = (loss, int(num_items), trainer._masked_window)
+    (padded_loss, padded_kept, padded_counts), (free_loss, free_kept, free_counts) = (
+        results[False],
+        results[True],
+    )
+    assert free_kept == padded_kept and free_counts == padded_counts
+    # One packed row treated as a single sequence would drop floor(0.25 · all) tokens instead.
+    assert padded_counts[0] != math.floor(RATIO * padded_counts[1])
+    assert free_loss == pytest.approx(padded_loss, rel=1e-6)
+
+
 def test_keep_mask_by_packed_sequence_equals_per_row_mask():
     """Padding-free rows regrouped by seq_idx mask exactly like the same sequences as separate rows."""
     generator = torch.Generator().manual_seed(0)
@@ -266,12 +295,7 @@ def test_initial_source_masks_exactly_the_reference_positions(tokenizer, dataset
     assert int(batch["slowed_num_masked"]) == expected_masked > 0
 
     trainer.train()
-    record = (
-        json.loads((tmp_path / SLOWED_CONFIG_NAME).read_text())
-        if (tmp_path / SLOWED_CONFIG_NAME).exists()
-        else None
-    )
-    assert record is None  # nothing saved yet: save_strategy="no"
+    assert not (tmp_path / SLOWED_CONFIG_NAME).exists()  # written on save only (save_strategy='no')
     trainer.save_model()
     record = json.loads((tmp_path / SLOWED_CONFIG_NAME).read_text())
     assert record["entropy_source"] == "initial" and record["initial_masked_tokens"] == expected_masked
