@@ -19,6 +19,13 @@ objects or an object whose ``"examples"`` key holds that list (the BIG-Bench-Har
 CSV has a header row. JSON values must have the right type (strings for text, an integer index, a
 boolean correctness flag); CSV cells are text, so the index is parsed as an integer and the flag as
 ``true``/``false``/``1``/``0`` (any case).
+
+Row numbers in error messages are 1-based: line numbers for JSONL, data rows (header not counted)
+for CSV, list positions for JSON, rows of the split for hub datasets.
+
+The BBH teacher files map through :data:`TEACHER_BBH_COLUMNS`: the answer is the gold ``target``,
+not the teacher's own answer, so every completion ends in the right answer; pass
+``only_correct=True`` to keep only rows whose teacher rationale reached it.
 """
 
 from __future__ import annotations
@@ -59,8 +66,8 @@ class ColumnMapping:
 
     ``question``, ``rationale`` and ``answer`` are required. ``task`` and ``index`` are optional:
     when the named column is absent from every row of a file (or the name is ``None``) the task is
-    the file's stem (the dataset id's last part for hub datasets) and the index the 1-based row
-    number minus one (the 0-based position of the row in its file). ``correct`` names a boolean
+    the file's stem (the dataset id's last part for hub datasets) and the index the row number
+    minus one (0-based; for JSONL the line number, so blank lines count). ``correct`` names a boolean
     column saying whether the rationale's own conclusion is right; ``only_correct=True`` keeps the
     rows where it is true.
     """
@@ -136,11 +143,6 @@ def load_cot_corpus(
     :class:`CorpusError` (the listing stops after 20 rows).
     """
     mapping = resolve_columns(columns)
-    if only_correct and mapping.correct is None:
-        raise ValueError(
-            "only_correct=True needs a correctness column: pass columns=ColumnMapping(correct=<bool column>) "
-            "(TEACHER_BBH_COLUMNS sets correct='teacher_correct')"
-        )
     if isinstance(source, str) and source == BUILTIN_SOURCE:
         if mapping != ColumnMapping():
             raise ValueError(
@@ -149,7 +151,12 @@ def load_cot_corpus(
             )
         from slowed.builtin_corpus import builtin_cot_corpus  # builtin_corpus imports this module
 
-        return builtin_cot_corpus()
+        return builtin_cot_corpus()  # solver-made: every row is correct, so only_correct changes nothing
+    if only_correct and mapping.correct is None:
+        raise ValueError(
+            "only_correct=True needs a correctness column: pass columns=ColumnMapping(correct=<bool column>) "
+            "(TEACHER_BBH_COLUMNS sets correct='teacher_correct')"
+        )
     units = (
         [_read_unit(path) for path in _local_files(source)]
         if _is_local(source)
@@ -408,8 +415,13 @@ def _check_record(record: Any, columns: dict[str, str], from_text: bool) -> tupl
     values: dict[str, Any] = {}
     errors: list[str] = []
     for field, column in columns.items():
-        if column not in record or record[column] is None:
-            errors.append(f"{column!r} missing" if column not in record else f"{column!r} is null")
+        if column not in record:
+            errors.append(f"{column!r} missing")
+            continue
+        if record[column] is None:
+            errors.append(
+                f"{column!r} missing (fewer cells than the header)" if from_text else f"{column!r} is null"
+            )
             continue
         value, error = _parse(field, record[column], from_text)
         if error:

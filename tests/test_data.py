@@ -132,6 +132,8 @@ def test_column_mapping_renames_and_filters_on_correct_flag(tmp_path):
     assert load_cot_corpus(path, columns=ColumnMapping(**mapping), only_correct=True)["question"] == ["A?"]
     with pytest.raises(ValueError, match="only_correct=True needs a correctness column"):
         load_cot_corpus(path, columns=ColumnMapping(**{**mapping, "correct": None}), only_correct=True)
+    with pytest.raises(CorpusError, match="has no rows with ok true"):
+        load_cot_corpus(write_jsonl(tmp_path / "y.jsonl", records[1:]), columns=mapping, only_correct=True)
     with pytest.raises(ValueError, match=r"unknown keys \['prompt'\]"):
         load_cot_corpus(path, columns={"prompt": "q"})
 
@@ -149,6 +151,7 @@ def test_csv_parses_index_and_flag_from_text(tmp_path):
 
 def test_builtin_source_is_the_default_builtin_corpus():
     assert load_cot_corpus("builtin").to_list() == builtin_cot_corpus().to_list()
+    assert load_cot_corpus("builtin", only_correct=True).to_list() == builtin_cot_corpus().to_list()
     with pytest.raises(ValueError, match="drop columns"):
         load_cot_corpus("builtin", columns=TEACHER_BBH_COLUMNS)
 
@@ -242,7 +245,7 @@ def test_one_error_covers_every_file_with_its_own_row_numbering(tmp_path):
     write_csv(
         tmp_path / "b.csv",
         ["question", "rationale", "answer"],
-        [["Q", "R", "A"], ["Q", "", "A"], ["Q", "R", "x"]],
+        [["Q", "R", "A"], ["Q", "", "A"], ["Q", "R"]],
     )
     message = error_text(tmp_path)
     assert (
@@ -252,8 +255,9 @@ def test_one_error_covers_every_file_with_its_own_row_numbering(tmp_path):
     assert (
         f"{tmp_path / 'b.csv'} (row numbers are 1-based data rows, the header not counted):\n"
         "  row 2: 'rationale' is an empty or whitespace-only string\n"
+        "  row 3: 'answer' missing (fewer cells than the header)\n"
     ) in message
-    assert message.startswith("cannot load the CoT corpus (2 bad rows):")
+    assert message.startswith("cannot load the CoT corpus (3 bad rows):")
 
 
 def test_listing_is_capped_at_twenty_rows(tmp_path):
