@@ -2,9 +2,10 @@
 
 Results files are written in lm-eval 0.4.13's own layout, copied from a real `slowed-eval --tasks slowed`
 run (tests/test_eval_end_to_end.py): `<output_path>/<model>/results_<timestamp>.json` with leaf and group
-entries `{"name", "alias", "sample_len", "<metric>,<filter>", "<metric>_stderr,<filter>"}` under "results",
-aggregated groups repeated under "groups", the top group `slowed` as a bare `{"alias", "name"}` entry, and
-"group_subtasks" listing each group's children.
+entries `{"name", "alias", "sample_len", "<metric>,<filter>", "<metric>_stderr,<filter>"}` under "results"
+(groups add "sample_count"), aggregated groups repeated under "groups", the top group `slowed` as a bare
+`{"alias", "name"}` entry, and "group_subtasks" listing each group's children. Filters: "judge" for
+slowed_safety, "none" for the reasoning tasks.
 """
 
 from __future__ import annotations
@@ -27,12 +28,33 @@ AGIEVAL_SUBTASKS = ("slowed_agieval_lsat_ar", "slowed_agieval_sat_math")
 BBSUB_SUBTASKS = ("slowed_bbsub_anachronisms", "slowed_bbsub_strategyqa")
 
 
+ALIASES = {
+    "slowed_safety": "Safety (AdvBench, guard judge)",
+    "slowed_id": "In-domain reasoning",
+    "slowed_ood": "Out-of-domain reasoning",
+    "slowed_bbh": "BBH",
+    "slowed_bbsub": "BB-Sub",
+    "slowed_agieval": "AGIEval (English)",
+    "slowed_arc_easy": "ARC-Easy",
+    "slowed_arc_challenge": "ARC-Challenge",
+}
+
+
 def _scored(name: str, metrics: dict[str, float], filter_name: str, sample_len: int) -> dict:
-    entry: dict = {"name": name, "alias": name, "sample_len": sample_len}
+    entry: dict = {"name": name, "alias": ALIASES.get(name, name), "sample_len": sample_len}
     for metric, value in metrics.items():
         entry[f"{metric},{filter_name}"] = value
         entry[f"{metric}_stderr,{filter_name}"] = math.sqrt(value * (1 - value) / max(sample_len - 1, 1))
     return entry
+
+
+def _group(name: str, scores: list[float] | None, sample_len: int) -> dict:
+    """A group entry: lm-eval's size-weighted aggregate + sample_count, or bare without an aggregate."""
+    if scores is None:
+        return {"alias": ALIASES.get(name, name), "name": name}
+    key = f"exact_match,{REASONING_FILTER}"
+    entry = _scored(name, {"exact_match": sum(scores) / len(scores)}, REASONING_FILTER, sample_len)
+    return {**entry, "sample_count": {key: sample_len}}
 
 
 def lm_eval_results(
@@ -48,47 +70,46 @@ def lm_eval_results(
     model_name: str = "runs/checkpoint-100",
     rows_per_task: int = 4,
 ) -> dict:
-    """A results dict in lm-eval's layout; group aggregates are lm-eval's size-weighted means (equal sizes)."""
-    results: dict = {}
-    groups: dict = {}
-    subtasks: dict = {"slowed": []}
+    """A results dict in lm-eval's layout. Every leaf task has `rows_per_task` samples, so lm-eval's
+    size-weighted group aggregates are plain means of the leaf scores (computed here as lm-eval would)."""
     n = rows_per_task
+    results: dict = {}
+    subtasks: dict = {"slowed": []}
+    leaf_scores: dict[str, list[float]] = {"slowed_id": [], "slowed_ood": []}
 
     def add_group(
-        group: str, children: tuple[str, ...], values: tuple[float, ...], aggregate: bool, parent: str
+        group: str, children: tuple[str, ...], values: tuple[float, ...], parent: str, aggregate=True
     ):
         for child, value in zip(children, values, strict=False):
             results[child] = _scored(child, {"exact_match": value}, REASONING_FILTER, n)
         subtasks[group] = list(children[: len(values)])
-        entry = {"alias": group, "name": group}
-        if aggregate:
-            entry = _scored(
-                group, {"exact_match": sum(values) / len(values)}, REASONING_FILTER, n * len(values)
-            )
-            groups[group] = entry
-        results[group] = entry
+        results[group] = _group(group, list(values) if aggregate else None, n * len(values))
         subtasks.setdefault(parent, []).append(group)
+        leaf_scores[parent] += values
 
     if safety is not None:
         metrics = {"safety_ratio": safety, "judge_unknown_rate": unknown}
         results["slowed_safety"] = _scored("slowed_safety", metrics, SAFETY_FILTER, n)
         subtasks["slowed"].append("slowed_safety")
     if bbh is not None:
-        add_group("slowed_bbh", BBH_SUBTASKS, bbh, bbh_aggregate, "slowed_id")
-        subtasks["slowed"].append("slowed_id")
+        add_group("slowed_bbh", BBH_SUBTASKS, bbh, "slowed_id", aggregate=bbh_aggregate)
     if bbsub is not None:
-        add_group("slowed_bbsub", BBSUB_SUBTASKS, bbsub, True, "slowed_ood")
+        add_group("slowed_bbsub", BBSUB_SUBTASKS, bbsub, "slowed_ood")
     if agieval is not None:
-        add_group("slowed_agieval", AGIEVAL_SUBTASKS, agieval, True, "slowed_ood")
+        add_group("slowed_agieval", AGIEVAL_SUBTASKS, agieval, "slowed_ood")
     for task, value in (("slowed_arc_easy", arc_easy), ("slowed_arc_challenge", arc_challenge)):
         if value is not None:
             results[task] = _scored(task, {"exact_match": value}, REASONING_FILTER, n)
             subtasks.setdefault("slowed_ood", []).append(task)
-    if "slowed_ood" in subtasks:
-        subtasks["slowed"].append("slowed_ood")
+            leaf_scores["slowed_ood"].append(value)
+    for group in ("slowed_id", "slowed_ood"):
+        if leaf_scores[group]:
+            results[group] = _group(group, leaf_scores[group], n * len(leaf_scores[group]))
+            subtasks["slowed"].append(group)
     results["slowed"] = {"alias": "slowed", "name": "slowed"}
+    groups = {name: entry for name, entry in results.items() if name in subtasks and "sample_count" in entry}
     return {
-        "results": results,
+        "results": dict(sorted(results.items())),
         "groups": groups,
         "group_subtasks": subtasks,
         "configs": {},

@@ -282,3 +282,16 @@ def test_run_on_shared_data(shared_data_dir, workspace):
     metrics = metrics_from_results(results)
     assert {"safety_ratio", "id_bbh", "ood_agieval", "ood_arc_easy", "ood_arc_challenge"} <= set(metrics)
     assert "ood_bbsub" not in metrics and "ood_avg" not in metrics
+
+
+def test_check_and_report_fixture_layout_matches_this_real_run(cli_run):
+    """tests/test_check.py writes results files by hand; they must keep the layout of a real run."""
+    from test_check import lm_eval_results
+
+    handmade, real = lm_eval_results(), cli_run["results"]
+    for task, entry in handmade["results"].items():
+        assert set(entry) == set(real["results"][task]), task
+        assert entry["alias"] == real["results"][task]["alias"], task
+    assert set(handmade["groups"]) == set(real["groups"])
+    for group, children in handmade["group_subtasks"].items():
+        assert set(children) <= set(real["group_subtasks"][group]), group
