@@ -214,3 +214,16 @@ def test_bigbench_hub_row() -> None:
     }
     with pytest.raises(ValueError, match=r"row 1: needs 1\.\.26 choices with one score 1"):
         bigbench_hub_row(row | {"multiple_choice_scores": [0, 0]}, "row 1")
+
+
+def test_offline_hub_error_names_the_fix(monkeypatch) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    try:
+        load_arc("ARC-Challenge")
+    except RuntimeError as error:
+        message = str(error)
+    else:
+        pytest.skip("allenai/ai2_arc is in the local datasets cache, so offline loading succeeds")
+    assert "allenai/ai2_arc" in message and DATA_DIR_ENV in message and "data_dir" in message
