@@ -31,6 +31,7 @@ exactly stock TRL.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -56,6 +57,7 @@ from slowed.slow_tuning import SlowTuningCallback, check_lora_projectable
 
 SLOWED_CONFIG_NAME = "slowed_config.json"
 MASKED_FRACTION_KEY = "slowed/masked_fraction"
+_LORA_FACTOR_NAMES = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
 
 
 # ------------------------------------------------------------------------------------------ sequence rows
@@ -151,9 +153,9 @@ def _as_slowed_config(args: TrainingArguments | None, model: Any) -> SLowEDConfi
     if args is None:
         model_name = model if isinstance(model, str) else get_config_model_id(model.config)
         return SLowEDConfig(f"{model_name.split('/')[-1]}-SLowED")
-    dict_args = args.to_dict()
-    dict_args["hub_token"] = args.hub_token  # to_dict hides the hub_token
-    return SLowEDConfig(**dict_args)
+    # Not `to_dict()`: it replaces every `*_token` value (hub_token, eos_token, pad_token) by a placeholder.
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    return SLowEDConfig(**values)
 
 
 def _targets_lm_head(target_modules: Any) -> bool:
@@ -314,7 +316,7 @@ class SLowEDTrainer(SFTTrainer):
         unconstrained = [
             name
             for name, param in self.model.named_parameters()
-            if param.requires_grad and "lora_A" not in name and "lora_B" not in name
+            if param.requires_grad and not any(factor in name for factor in _LORA_FACTOR_NAMES)
         ]
         if unconstrained:
             raise ValueError(

@@ -110,13 +110,13 @@ def train_losses(trainer) -> list[float]:
 # ------------------------------------------------------------------------------------ naive float64 reference
 
 
-def reference_entropy_nll(model, input_ids, attention_mask):
-    """Full-logit float64 per-target entropy and NLL, B×(T−1): position t scores token t+1."""
-    with torch.no_grad():
+def reference_entropy_nll(model, input_ids, attention_mask, grad: bool = False):
+    """Full-logit float64 per-target entropy (detached) and NLL, B×(T−1): position t scores token t+1."""
+    with torch.set_grad_enabled(grad):
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.double()[:, :-1]
-    log_p = torch.log_softmax(logits, dim=-1)
-    entropy = -(log_p.exp() * log_p).sum(-1)
-    nll = -log_p.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        log_p = torch.log_softmax(logits, dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(-1).detach()
+        nll = -log_p.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
     return entropy, nll
 
 
@@ -137,26 +137,41 @@ def naive_masked_positions(entropy_rows: list[list[float]], valid_rows: list[lis
 # ---------------------------------------------------------------------------------------- loss vs reference
 
 
-@pytest.mark.parametrize("scope", ["sequence", "batch"])
-def test_online_lem_loss_matches_float64_reference(tokenizer, dataset, tmp_path, scope):
-    args = make_args(SLowEDConfig, tmp_path, entropy_mask_ratio=RATIO, entropy_mask_scope=scope)
+@pytest.mark.parametrize(
+    ("scope", "loss_type"),
+    [("sequence", "nll"), ("batch", "nll"), ("sequence", "dft")],
+    ids=["seq", "batch", "dft"],
+)
+def test_online_lem_loss_and_gradient_match_float64_reference(tokenizer, dataset, tmp_path, scope, loss_type):
+    args = make_args(
+        SLowEDConfig, tmp_path, entropy_mask_ratio=RATIO, entropy_mask_scope=scope, loss_type=loss_type
+    )
     trainer = SLowEDTrainer(
         sharp_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer
     )
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(5)])
     model = trainer.model.train()
     num_items = trainer._get_num_items_in_batch([batch], torch.device("cpu"))
-    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items).item()
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+    loss.backward()
+    grads = {name: param.grad.clone() for name, param in model.named_parameters()}
+    model.zero_grad()
 
-    entropy, nll = reference_entropy_nll(model, batch["input_ids"], batch["attention_mask"])
+    entropy, nll = reference_entropy_nll(model, batch["input_ids"], batch["attention_mask"], grad=True)
     valid = batch["labels"][:, 1:] != -100
     dropped = naive_masked_positions(entropy.tolist(), valid.tolist(), RATIO, scope)
     kept = [(r, t) for r, t in valid.nonzero().tolist() if (r, t) not in dropped]
-    expected = sum(nll[r, t].item() for r, t in kept) / len(kept)
+    # DFT (TRL's loss_type="dft") weights each token's NLL by its detached probability.
+    weight = torch.exp(-nll).detach() if loss_type == "dft" else torch.ones_like(nll)
+    expected = sum(weight[r, t] * nll[r, t] for r, t in kept) / len(kept)
+    expected.backward()
 
     assert len(dropped) > 0
     assert int(num_items) == len(kept)
-    assert loss == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+    for name, param in model.named_parameters():
+        scale = param.grad.abs().max().item()
+        assert (grads[name] - param.grad).abs().max().item() <= 1e-5 * scale + 1e-8, name
     assert trainer._masked_window == [len(dropped), int(valid.sum())]
 
 
