@@ -223,7 +223,9 @@ def _agieval_options(options: Sequence[str], where: str) -> list[tuple[str, str]
     return parsed
 
 
-def _agieval_row(subset: str, passage: str | None, question: str, options, target: str, where: str) -> dict:
+def _agieval_row(
+    subset: str, passage: str | None, question: str, options: Sequence[str] | None, target: str, where: str
+) -> dict[str, str]:
     if subset in AGIEVAL_CLOZE_SUBSETS:
         prefix = f"{passage.strip()}\n" if passage and passage.strip() else ""
         return _reasoning_row(f"{prefix}Question: {question.strip()}", target)
