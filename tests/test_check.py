@@ -215,6 +215,18 @@ def test_baseline_drop_of_ood_average(tmp_path):
     assert main(loose) == 0
 
 
+def test_drop_equal_to_the_allowance_passes_despite_float_rounding(tmp_path):
+    # 0.1 - 0.08 = 0.020000000000000004 in binary floating point; the allowance 0.02 must still hold.
+    assert 0.1 - 0.08 > 0.02
+    baseline = write_results(tmp_path / "base", arc_easy=0.1)
+    candidate = write_results(tmp_path / "new", arc_easy=0.08)
+    drop = ["--baseline", str(baseline), "--max-drop", "ood_arc_easy=0.02"]
+    assert main(["check", str(candidate), *drop]) == 0
+    assert (
+        main(["check", str(candidate), "--baseline", str(baseline), "--max-drop", "ood_arc_easy=0.019"]) == 1
+    )
+
+
 def test_unknown_rate_drop_is_an_increase(tmp_path):
     baseline = write_results(tmp_path / "base", unknown=0.0)
     worse = write_results(tmp_path / "new", unknown=0.25)

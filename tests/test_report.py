@@ -102,6 +102,13 @@ def test_label_count_mismatch_and_missing_file_exit_2(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
+def test_results_without_slowed_tasks_exit_2(tmp_path, capsys):
+    other = tmp_path / "results_other.json"
+    other.write_text('{"results": {"hellaswag": {"alias": "hellaswag", "acc,none": 0.25}}}', encoding="utf-8")
+    assert main(["report", str(other)]) == 2
+    assert f"{other} holds no slowed metrics (tasks: hellaswag)" in capsys.readouterr().err
+
+
 def png_size(data: bytes) -> tuple[int, int]:
     """Width, height of a PNG after checking its signature and every chunk's CRC."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

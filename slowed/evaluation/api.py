@@ -1,4 +1,7 @@
-"""Python entry: ``evaluate(...)`` = ``lm_eval.simple_evaluate`` with the slowed tasks, data folder and judge."""
+"""Python entry: ``evaluate(...)`` = ``lm_eval.simple_evaluate`` with the slowed tasks, data folder and judge.
+
+lm-eval is imported on the first call, so importing this module (and ``slowed.evaluation``) stays cheap.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from lm_eval import simple_evaluate
-from lm_eval.utils import simple_parse_args_string
 
 from slowed.evaluation.results import judge_records_for, metrics_from_results
 from slowed.evaluation.tasks import IncludePath, task_manager
@@ -65,6 +65,9 @@ def evaluate(
         ``slowed_judges`` (the safety judge's description and label counts, when a safety task ran); pass it
         to :func:`metrics_from_results` for the paper's metrics.
     """
+    from lm_eval import simple_evaluate
+    from lm_eval.utils import simple_parse_args_string
+
     parsed_model_args = (
         simple_parse_args_string(model_args) if isinstance(model_args, str) else model_args or {}
     )

@@ -26,6 +26,8 @@ from slowed.evaluation.results import (
 )
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_UNUSABLE = 0, 1, 2
+#: Comparisons forgive this much float rounding (a drop of 0.1 - 0.08 must pass --max-drop M=0.02).
+TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,12 @@ def run_checks(
     for threshold in thresholds:
         value = metrics[threshold.metric]
         if threshold.kind == "min":
-            outcomes.append(Outcome(threshold, value, None, value >= threshold.limit))
+            outcomes.append(Outcome(threshold, value, None, value >= threshold.limit - TOLERANCE))
         elif threshold.kind == "max":
-            outcomes.append(Outcome(threshold, value, None, value <= threshold.limit))
+            outcomes.append(Outcome(threshold, value, None, value <= threshold.limit + TOLERANCE))
         else:
             reference = baseline[threshold.metric]
-            passed = drop(threshold.metric, value, reference) <= threshold.limit
+            passed = drop(threshold.metric, value, reference) <= threshold.limit + TOLERANCE
             outcomes.append(Outcome(threshold, value, reference, passed))
     return outcomes
 

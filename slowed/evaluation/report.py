@@ -61,6 +61,11 @@ def collect_rows(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
             metrics = metrics_from_results(data)
         except ResultsError as error:
             raise ResultsError(f"{path}: {error}") from error
+        if not metrics:
+            tasks = ", ".join(sorted(data["results"])[:8]) or "none"
+            raise ResultsError(
+                f"{path} holds no slowed metrics (tasks: {tasks}); run lm-eval with --tasks slowed"
+            )
         model_name = data.get("model_name")
         default_label = Path(str(model_name)).name if model_name else path.stem
         if "slowed_rejudge" in data:
@@ -112,7 +117,7 @@ def plot_png(rows: Sequence[ReportRow]) -> bytes:
         from matplotlib.figure import Figure
     except ImportError as error:
         raise ResultsError('--plot needs matplotlib: pip install "slowed[plot]"') from error
-    figure = Figure(figsize=(max(6.0, 1.2 * len(rows)), 4.5), layout="constrained")
+    figure = Figure(figsize=(max(7.5, 2.5 + 1.2 * len(rows)), 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     positions = list(range(len(rows)))
@@ -126,9 +131,10 @@ def plot_png(rows: Sequence[ReportRow]) -> bytes:
         axes.plot(*zip(*points, strict=True), style, marker="o", label=COLUMN_TITLES[name])
     axes.set_xticks(positions, [row.label for row in rows], rotation=30, ha="right")
     axes.set_ylabel("%")
-    axes.set_ylim(0, 100)
+    axes.set_xlabel("checkpoint / run")
+    axes.set_ylim(-2, 102)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small", loc="best")
+    figure.legend(fontsize="small", loc="outside right upper")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()
