@@ -226,8 +226,8 @@ class SLowEDTrainer(SFTTrainer):
     training set with the initial student and wraps the collator in a `MaskingCollator`.
 
     Logged besides TRL's metrics: ``slowed/masked_fraction`` (LEM-masked / eligible tokens over the logging
-    window, all processes) and, after each Slow Tuning check, ``slowed/delta_norm_before`` /
-    ``slowed/delta_norm_after``. Every saved model or checkpoint gets a ``slowed_config.json`` with the knobs.
+    window, all processes) and, in the first log after each Slow Tuning check, ``slowed/delta_norm_before`` /
+    ``slowed/delta_norm_after`` (global ‖ΔW‖_F). Every saved model or checkpoint gets a ``slowed_config.json`` with the knobs.
     """
 
     _tag_names: ClassVar[list[str]] = [*SFTTrainer._tag_names, "slowed"]
