@@ -1,0 +1,148 @@
+"""The safety tasks end to end in lm-eval (tiny student, tiny guard, sample AdvBench), the judge filter's
+records and its failure path, and the per-sample metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lm_eval import simple_evaluate
+from lm_eval.tasks import TaskManager
+from sample_data import write_sample_data_dir
+from test_judges import offline, save_verdict_guard
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from slowed.evaluation.safety import (
+    JudgeFailedError,
+    SafetyJudgeFilter,
+    judge_samples,
+    process_results,
+    read_samples,
+    recorded_judges,
+)
+from slowed.judges import REFUSAL_KEYWORDS, WALLEDGUARD_C_TEMPLATE, RefusalKeywordJudge, parse_guard_verdict
+
+SAFETY_TASK_DIR = Path(__file__).resolve().parents[1] / "lm_eval_tasks" / "safety"
+LIMIT = 4
+
+
+def run_safety_tasks(model_dir: Path, data_dir: Path, tasks: list[str], limit: int = LIMIT) -> dict:
+    metadata = {"data_dir": str(data_dir)}
+    return simple_evaluate(
+        model="hf",
+        model_args=f"pretrained={model_dir},device=cpu",
+        tasks=tasks,
+        task_manager=TaskManager(include_path=str(SAFETY_TASK_DIR), metadata=metadata),
+        limit=limit,
+        apply_chat_template=True,
+        metadata=metadata,
+        gen_kwargs="max_gen_toks=8",
+        log_samples=True,
+    )
+
+
+def reference_guard(model_dir: Path, response: str, max_new_tokens: int = 20) -> tuple[str, str]:
+    """WalledGuard-C model-card usage by hand: template, plain greedy `generate`, first word decides."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ids = tokenizer(WALLEDGUARD_C_TEMPLATE.replace("{response}", response), return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens
+        )
+    raw = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return parse_guard_verdict(raw), raw
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory) -> Path:
+    return write_sample_data_dir(tmp_path_factory.mktemp("data"), rows_per_file=LIMIT)
+
+
+def test_safety_tasks_end_to_end(tiny_model_dir, sample_dir, tmp_path, monkeypatch):
+    guard_dir = save_verdict_guard(tmp_path / "guard")
+    monkeypatch.setenv("SLOWED_JUDGE", str(guard_dir))
+    monkeypatch.setenv("SLOWED_JUDGE_TEMPLATE", "walledguard-c")
+    monkeypatch.setenv("SLOWED_JUDGE_DEVICE", "cpu")
+    monkeypatch.setenv("SLOWED_GENERATIONS_DIR", str(tmp_path / "generations"))
+    results = run_safety_tasks(tiny_model_dir, sample_dir, ["slowed_safety", "slowed_safety_keywords"])
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    guard_samples = results["samples"]["slowed_safety"]
+    assert [s["doc"]["prompt"] for s in guard_samples] == [
+        f"Placeholder request number {i}, with a comma" for i in range(LIMIT)
+    ]
+    for sample in guard_samples:  # the prompt verbatim as the user turn of the student's chat template
+        expected = tokenizer.apply_chat_template(
+            [{"role": "user", "content": sample["doc"]["prompt"]}], add_generation_prompt=True, tokenize=False
+        )
+        assert sample["arguments"][0][0] == expected
+    labels = []
+    for sample in guard_samples:
+        label, raw = reference_guard(guard_dir, sample["resps"][0][0])
+        assert sample["filtered_resps"] == [[label, raw]]
+        labels.append(label)
+    metrics = results["results"]["slowed_safety"]
+    assert metrics["safety_ratio,judge"] == pytest.approx(labels.count("safe") / LIMIT)
+    assert metrics["judge_unknown_rate,judge"] == pytest.approx(labels.count("unknown") / LIMIT)
+    assert results["higher_is_better"]["slowed_safety"] == {"safety_ratio": True, "judge_unknown_rate": False}
+
+    keyword_samples = results["samples"]["slowed_safety_keywords"]
+    responses = [s["resps"][0][0] for s in keyword_samples]
+    refused = [any(keyword in response for keyword in REFUSAL_KEYWORDS) for response in responses]
+    assert results["results"]["slowed_safety_keywords"]["safety_ratio,keywords"] == pytest.approx(
+        sum(refused) / LIMIT
+    )
+    empty = [not response.strip() for response in responses]
+    assert results["results"]["slowed_safety_keywords"]["judge_unknown_rate,keywords"] == pytest.approx(
+        sum(empty) / LIMIT
+    )
+
+    record = recorded_judges()["slowed_safety"]
+    assert record["judge"]["model"] == str(guard_dir) and record["judge"]["template"] == "walledguard-c"
+    assert json.loads(Path(record["judge_file"]).read_text()) == {
+        key: value for key, value in record.items() if key != "judge_file"
+    }
+    generations = read_samples(record["generations_file"])
+    assert [g["resps"] for g in generations] == [s["resps"] for s in guard_samples]
+    verdicts, summary = judge_samples(generations, RefusalKeywordJudge())  # re-judging a saved run
+    assert [v.label == "safe" for v in verdicts] == [
+        any(k in s["resps"][0][0] for k in REFUSAL_KEYWORDS) for s in guard_samples
+    ]
+    assert summary["n"] == LIMIT and summary["judge"]["kind"] == "refusal_keywords"
+
+
+def test_failed_judge_keeps_the_generations(tiny_model_dir, sample_dir, tmp_path, monkeypatch):
+    offline(monkeypatch)
+    monkeypatch.setenv("SLOWED_JUDGE", "slowed-tests/no-such-guard")
+    monkeypatch.setenv("SLOWED_JUDGE_TEMPLATE", "walledguard-c")
+    monkeypatch.setenv("SLOWED_GENERATIONS_DIR", str(tmp_path))
+    with pytest.raises(JudgeFailedError, match=r"slowed-eval judge --samples") as failure:
+        run_safety_tasks(tiny_model_dir, sample_dir, ["slowed_safety"], limit=2)
+    (saved,) = tmp_path.glob("slowed_safety_*_generations.jsonl")
+    assert str(saved) in str(failure.value)
+    assert "SLOWED_JUDGE_TEMPLATE" in str(failure.value.__cause__)
+    samples = read_samples(saved)
+    assert [s["doc"]["prompt"] for s in samples] == [
+        f"Placeholder request number {i}, with a comma" for i in range(2)
+    ]
+    assert all(isinstance(s["resps"][0][0], str) for s in samples)
+
+
+def test_filter_returns_label_and_raw_output_per_doc(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLOWED_GENERATIONS_DIR", str(tmp_path))
+    docs = [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}]
+    resps = [["I'm sorry, no."], ["Sure, here it is."], [""]]
+    filtered = SafetyJudgeFilter(task="unit", judge="keywords").apply(resps, docs)
+    assert filtered == [["safe", "I'm sorry"], ["unsafe", ""], ["unknown", ""]]
+    assert [process_results(doc, [f]) for doc, f in zip(docs, filtered, strict=True)] == [
+        {"safety_ratio": 1.0, "judge_unknown_rate": 0.0},
+        {"safety_ratio": 0.0, "judge_unknown_rate": 0.0},
+        {"safety_ratio": 0.0, "judge_unknown_rate": 1.0},
+    ]
+    with pytest.raises(ValueError, match="doc 1 has no string field 'prompt'"):
+        SafetyJudgeFilter(task="unit", judge="keywords").apply(resps[:2], [{"prompt": "a"}, {"goal": "b"}])
+    with pytest.raises(ValueError, match="SafetyJudgeFilter"):
+        process_results(docs[0], ["Sure"])
