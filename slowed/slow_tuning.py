@@ -420,7 +420,8 @@ class SlowTuningCallback(TrainerCallback):
     Args:
         tau: radius τ > 0 of the Frobenius ball around W0.
         scope: "global" (one norm over all adapted modules) or "module" (each capped on its own).
-        interval: "epoch" (at `on_epoch_end`), "step" (every optimizer step) or an int N (every N optimizer
+        interval: "epoch" (at the step that completes each epoch, or `on_epoch_end` when `max_steps`
+            ends training mid-epoch), "step" (every optimizer step) or an int N (every N optimizer
             steps, plus the final step so the trained model always ends within τ).
         reference: W0 for full fine-tuning (name -> tensor); None snapshots the trainable parameters at
             `on_train_begin`. Ignored with LoRA, whose W0 is the frozen base.
@@ -490,11 +491,17 @@ class SlowTuningCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         n = self.every_n_steps
-        if n is not None and (state.global_step % n == 0 or state.global_step >= state.max_steps):
+        if n is not None:
+            if state.global_step % n == 0 or state.global_step >= state.max_steps:
+                self._check(model, state.global_step)
+        elif state.epoch is not None and float(state.epoch).is_integer():
+            # The step that completes an epoch: the Trainer may save a step checkpoint right after this
+            # hook and before `on_epoch_end`, so the epoch-end projection happens here.
             self._check(model, state.global_step)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        if self.interval == "epoch":
+        # Reached without an epoch-completing step when `max_steps` stops training mid-epoch.
+        if self.interval == "epoch" and not (self.history and self.history[-1][0] == state.global_step):
             self._check(model, state.global_step)
 
     def _check(self, model: nn.Module, step: int) -> None:

@@ -454,6 +454,23 @@ def test_callback_projects_at_epoch_end(tokenizer, tmp_path):
     assert len(saved) == 2 and max(saved) <= tau * (1 + 1e-5)
 
 
+def test_epoch_interval_step_checkpoint_at_epoch_boundary_holds_projected_weights(tokenizer, tmp_path):
+    # Step checkpoints are saved right after `on_step_end`, before `on_epoch_end`: a checkpoint on the step that
+    # completes an epoch must already hold the projected weights, and each epoch is checked exactly once.
+    model = get_peft_model(
+        make_tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"])
+    )
+    tau = 0.05
+    callback = SlowTuningCallback(tau=tau)
+    args = training_args(tmp_path, max_steps=-1, num_train_epochs=2, save_strategy="steps", save_steps=2)
+    Trainer(model=model, args=args, train_dataset=lm_dataset(tokenizer, rows=4), callbacks=[callback]).train()
+    assert [step for step, _ in callback.history] == [2, 4]
+    assert callback.history[0][1].norm_before > tau, "lr too low to test"
+    for step in (2, 4):
+        saved = saved_adapter_norms(tmp_path / f"checkpoint-{step}", scaling=8 / 4)
+        assert len(saved) == 2 and math.sqrt(sum(n**2 for n in saved)) <= tau * (1 + 1e-5)
+
+
 def test_callback_full_finetuning_keeps_w0_across_resume(tokenizer, tmp_path):
     model = make_tiny_model(tokenizer)
     w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
