@@ -56,6 +56,7 @@ def test_markdown_and_csv_values_equal_hand_computed_means(tmp_path, capsys):
     assert lines[2] == "| epoch-1 | 75.00 | 50.00 | 37.50 | 50.00 | 75.00 | 50.00 | 53.12 | 12.50 |"
     assert lines[3] == "| epoch-2 | 50.00 | 25.00 | 75.00 | 25.00 | 100.00 | 25.00 | 56.25 | 0.00 |"
     assert capsys.readouterr().out == markdown.read_text(encoding="utf-8")
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temp files left
 
 
 def test_group_without_aggregate_is_plain_mean_of_its_tasks():

@@ -59,6 +59,17 @@ def logged_labels(samples: Sequence[Mapping[str, Any]]) -> list[str] | None:
     return labels
 
 
+def _read_run_results(path: Path | None) -> dict[str, Any] | None:
+    """The run's results dict for provenance, or None when absent or unreadable (provenance is optional)."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | str]:
     """lm-eval's ``mean`` and ``mean_stderr`` (sample std / sqrt(n)); ``"N/A"`` below two samples, as lm-eval."""
     from lm_eval.api.metrics import mean, mean_stderr
@@ -145,8 +156,7 @@ def rejudge(
     labels = [verdict.label for verdict in verdicts]
     logged = logged_labels(samples)
     agreement = sum(a == b for a, b in zip(labels, logged, strict=True)) / len(labels) if logged else None
-    run_file = run_results_file(samples_path)
-    run_results = json.loads(run_file.read_text(encoding="utf-8")) if run_file else None
+    run_results = _read_run_results(run_results_file(samples_path))
     results = build_results(task, filter_name, labels, summary["judge"], samples_path, run_results, agreement)
     if output_samples is not None:
         lines = []

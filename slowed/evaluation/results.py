@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -152,6 +153,15 @@ def metrics_from_file(path: str | Path) -> dict[str, float]:
         raise ResultsError(f"{path}: {error}") from error
 
 
+def _file_mode(path: Path) -> int:
+    """The mode a rewrite of ``path`` keeps: its current one, else what ``open()`` would give (0o666 & ~umask)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: str | Path, content: str | bytes) -> Path:
     """Write ``content`` (text as UTF-8) to ``path`` via a temporary file in the same folder + ``os.replace``."""
     path = Path(path)
@@ -159,21 +169,19 @@ def write_atomic(path: str | Path, content: str | bytes) -> Path:
     data = content.encode("utf-8") if isinstance(content, str) else content
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
         temporary = Path(handle.name)
-        try:
-            handle.write(data)
-        except BaseException:
-            handle.close()
-            temporary.unlink(missing_ok=True)
-            raise
-    os.replace(temporary, path)
+    try:
+        temporary.write_bytes(data)
+        temporary.chmod(_file_mode(path))
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     return path
 
 
 def judge_records_for(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The safety judge records (``describe()``, label counts, files) of this process for the tasks in
     ``results`` (see ``slowed.evaluation.safety.recorded_judges``); empty when no judge ran here."""
-    import sys
-
     safety = sys.modules.get("slowed.evaluation.safety")
     if safety is None:
         return {}
@@ -187,7 +195,7 @@ def judge_records_for(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def attach_judge_records(output_path: str | Path, since: float) -> list[Path]:
     """Add ``"slowed_judges"`` (:func:`judge_records_for`) to the results files lm-eval wrote under
     ``output_path`` (a folder, or a ``.json`` path it suffixes with a timestamp) at or after ``since``
-    (``time.time()``); rewrites each atomically and returns them."""
+    (``time.time()``, less 1 s for coarse file-system clocks); rewrites each atomically and returns them."""
     output_path = Path(output_path)
     if output_path.suffix == ".json":
         candidates = output_path.parent.glob(f"{output_path.stem}_*.json")
@@ -195,7 +203,7 @@ def attach_judge_records(output_path: str | Path, since: float) -> list[Path]:
         candidates = output_path.rglob("results_*.json")
     updated = []
     for path in sorted(candidates):
-        if path.stat().st_mtime < since:
+        if path.stat().st_mtime < since - 1.0:
             continue
         data = load_results(path)
         records = judge_records_for(data)
