@@ -12,6 +12,7 @@ from tiny_models import make_tiny_model, make_tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from slowed.judges import (
+    CHAT_PARTS_TEMPLATE,
     CHAT_TEMPLATE,
     WALLEDGUARD_C_TEMPLATE,
     GuardModelJudge,
@@ -178,6 +179,26 @@ def test_guard_describe_records_model_template_and_decoding(tiny_model_dir):
     chat = GuardModelJudge(tiny_model_dir, CHAT_TEMPLATE, device="cpu").describe()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert chat["template_sha256"] == hashlib.sha256(tokenizer.chat_template.encode()).hexdigest()
+
+
+PARTS_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {% for part in m['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{{ '\\n' }}{% endfor %}"
+)
+
+
+def test_chat_parts_mode_and_dropped_conversation(tiny_model_dir, tmp_path):
+    """Llama Guard 3 1B's template reads content parts and renders nothing from string content."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = PARTS_CHAT_TEMPLATE
+    tokenizer.save_pretrained(tmp_path)
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(tmp_path)
+    judge = GuardModelJudge(tmp_path, CHAT_PARTS_TEMPLATE, max_new_tokens=2, device="cpu")
+    assert judge.render("How?", "Like this.") == tokenizer("user: How?\nassistant: Like this.\n")["input_ids"]
+    with pytest.raises(ValueError, match=r"dropped the user message.*SLOWED_JUDGE_TEMPLATE='chat-parts'"):
+        GuardModelJudge(tmp_path, CHAT_TEMPLATE, max_new_tokens=2, device="cpu").judge(
+            ["How?"], ["Like this."]
+        )
 
 
 def test_guard_rejects_mismatched_batch(tiny_model_dir):

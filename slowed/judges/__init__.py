@@ -7,6 +7,7 @@ settings in `describe()`.
 
 from slowed.judges.base import LABELS, Judge, Label, Verdict, parse_guard_verdict
 from slowed.judges.guard import (
+    CHAT_PARTS_TEMPLATE,
     CHAT_TEMPLATE,
     GUARD_PRESETS,
     WALLEDGUARD_C_TEMPLATE,
@@ -20,6 +21,7 @@ from slowed.judges.loading import DEFAULT_JUDGE, JUDGE_ENV, TEMPLATE_ENV, load_j
 from slowed.judges.walledeval_adapter import WalledEvalJudge, walledeval_label
 
 __all__ = [
+    "CHAT_PARTS_TEMPLATE",
     "CHAT_TEMPLATE",
     "DEFAULT_JUDGE",
     "GUARD_PRESETS",

@@ -13,8 +13,12 @@ import torch
 
 from slowed.judges.base import Judge, Verdict, parse_guard_verdict
 
-# Template value meaning "the guard tokenizer's own chat template over [user: prompt, assistant: response]".
+# Template values meaning "the guard tokenizer's own chat template over [user: prompt, assistant: response]",
+# with message content as a string (Llama Guard 3 8B) or as OpenAI-style parts `[{"type": "text", "text": ...}]`
+# (Llama Guard 3 1B, whose template renders no conversation from string content).
 CHAT_TEMPLATE = "chat"
+CHAT_PARTS_TEMPLATE = "chat-parts"
+CHAT_MODES = (CHAT_TEMPLATE, CHAT_PARTS_TEMPLATE)
 
 # WalledGuard-C's prompt from its model card (https://huggingface.co/walledai/walledguard-c), as WalledEval
 # 0.2.1 ships it in `walledeval/prompts/presets/judges/walledguard.yaml`. The card calls the slot
@@ -38,7 +42,7 @@ class GuardPreset:
 
 GUARD_PRESETS: dict[str, GuardPreset] = {
     "walledguard-c": GuardPreset("walledai/walledguard-c", WALLEDGUARD_C_TEMPLATE),
-    "llama-guard-3-1b": GuardPreset("meta-llama/Llama-Guard-3-1B", CHAT_TEMPLATE),
+    "llama-guard-3-1b": GuardPreset("meta-llama/Llama-Guard-3-1B", CHAT_PARTS_TEMPLATE),
     "llama-guard-3-8b": GuardPreset("meta-llama/Llama-Guard-3-8B", CHAT_TEMPLATE),
 }
 
@@ -54,12 +58,12 @@ def render_template(template: str, prompt: str, response: str) -> str:
 
 
 def check_template(template: str, origin: str) -> str:
-    """Return `template` if it is `CHAT_TEMPLATE` or holds `{prompt}` or `{response}`; else raise naming `origin`."""
-    if template != CHAT_TEMPLATE and not _PLACEHOLDER.search(template):
+    """Return `template` if it is a chat mode or holds `{prompt}` or `{response}`; else raise naming `origin`."""
+    if template not in CHAT_MODES and not _PLACEHOLDER.search(template):
         raise ValueError(
             f"judge template from {origin} has neither a {{prompt}} nor a {{response}} placeholder: "
             f"{template[:80]!r}. Write the text to classify as {{response}} (and the user request as "
-            f"{{prompt}}), or use {CHAT_TEMPLATE!r} for the guard tokenizer's chat template."
+            f"{{prompt}}), or use {CHAT_TEMPLATE!r} / {CHAT_PARTS_TEMPLATE!r} for the guard tokenizer's chat template."
         )
     return template
 
@@ -69,8 +73,9 @@ class GuardModelJudge(Judge):
 
     Inputs: with a text `template` the guard reads `template` with `{prompt}`/`{response}` filled in,
     tokenised with the tokenizer's special tokens (BOS) as in the model cards; with
-    `template="chat"` it reads the tokenizer's chat template over the conversation
-    [user: prompt, assistant: response] (Llama Guard 3's usage; the template adds its own BOS).
+    `template="chat"` (or `"chat-parts"`, content as `[{"type": "text", "text": ...}]`) it reads the
+    tokenizer's chat template over the conversation [user: prompt, assistant: response] (Llama Guard 3's
+    usage; the template adds its own BOS), and raises if the rendered text lacks the prompt or response.
     Decoding: greedy (`do_sample=False`, one beam), at most `max_new_tokens`, in batches of `batch_size`
     left-padded sequences sorted by length; the verdict does not depend on the batching. The new tokens
     are decoded without special tokens into `Verdict.raw` and parsed by `parse_guard_verdict`.
@@ -94,16 +99,16 @@ class GuardModelJudge(Judge):
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.model_name_or_path = str(model_name_or_path)
         self.template = check_template(template, "the `template` argument")
-        self.template_name = template_name or ("chat" if template == CHAT_TEMPLATE else "custom")
+        self.template_name = template_name or (template if template in CHAT_MODES else "custom")
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.revision = revision
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer, self.model = self._load(dtype)
-        if self.template == CHAT_TEMPLATE and not self.tokenizer.chat_template:
+        if self.template in CHAT_MODES and not self.tokenizer.chat_template:
             raise ValueError(
                 f"guard {self.model_name_or_path!r} has no chat template; give a text template with "
-                "{prompt}/{response} (SLOWED_JUDGE_TEMPLATE) instead of 'chat'"
+                f"{{prompt}}/{{response}} (SLOWED_JUDGE_TEMPLATE) instead of {self.template!r}"
             )
 
     @classmethod
@@ -144,9 +149,17 @@ class GuardModelJudge(Judge):
 
     def render(self, prompt: str, response: str) -> list[int]:
         """Token ids the guard reads for one (prompt, response) pair."""
-        if self.template == CHAT_TEMPLATE:
-            conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
+        if self.template in CHAT_MODES:
+            text = self.tokenizer.apply_chat_template(
+                _conversation(prompt, response, self.template), tokenize=False
+            )
+            for role, content in (("user", prompt), ("assistant", response)):
+                if content.strip() not in text:
+                    raise ValueError(
+                        f"the chat template of guard {self.model_name_or_path!r} dropped the {role} message in "
+                        f"{self.template!r} mode; try SLOWED_JUDGE_TEMPLATE="
+                        f"{CHAT_PARTS_TEMPLATE if self.template == CHAT_TEMPLATE else CHAT_TEMPLATE!r}"
+                    )
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(render_template(self.template, prompt, response))["input_ids"]
 
@@ -179,7 +192,7 @@ class GuardModelJudge(Judge):
 
     def template_text(self) -> str:
         """The template actually used: the text template, or the tokenizer's chat template in chat mode."""
-        if self.template == CHAT_TEMPLATE:
+        if self.template in CHAT_MODES:
             return str(self.tokenizer.chat_template)
         return self.template
 
@@ -191,7 +204,7 @@ class GuardModelJudge(Judge):
             "commit": getattr(self.model.config, "_commit_hash", None),
             "template": self.template_name,
             "template_sha256": hashlib.sha256(self.template_text().encode("utf-8")).hexdigest(),
-            "chat_template": self.template == CHAT_TEMPLATE,
+            "chat_template": self.template in CHAT_MODES,
             "generation": {"do_sample": False, "num_beams": 1, "max_new_tokens": self.max_new_tokens},
             "batch_size": self.batch_size,
             "dtype": str(self.model.dtype),
@@ -199,17 +212,26 @@ class GuardModelJudge(Judge):
         }
 
 
+def _conversation(prompt: str, response: str, mode: str) -> list[dict[str, Any]]:
+    if mode == CHAT_PARTS_TEMPLATE:
+        return [
+            {"role": "user", "content": [{"type": "text", "text": prompt}]},
+            {"role": "assistant", "content": [{"type": "text", "text": response}]},
+        ]
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+
+
 def read_template_spec(spec: str) -> tuple[str, str]:
-    """Resolve a template spec to (template, name): a preset name, "chat", or a file holding a template."""
+    """Resolve a template spec to (template, name): a preset name, "chat", "chat-parts", or a template file."""
     if spec in GUARD_PRESETS:
         return GUARD_PRESETS[spec].template, spec
-    if spec == CHAT_TEMPLATE:
-        return CHAT_TEMPLATE, CHAT_TEMPLATE
+    if spec in CHAT_MODES:
+        return spec, spec
     path = Path(spec).expanduser()
     if path.is_file():
         return check_template(path.read_text(encoding="utf-8"), f"file {path}"), str(path)
     raise ValueError(
         f"judge template {spec!r} is neither a preset ({', '.join(sorted(GUARD_PRESETS))}), nor "
-        f"{CHAT_TEMPLATE!r}, nor an existing file; point SLOWED_JUDGE_TEMPLATE at a text file with "
+        f"{CHAT_TEMPLATE!r}/{CHAT_PARTS_TEMPLATE!r}, nor an existing file; point SLOWED_JUDGE_TEMPLATE at a text file with "
         "{prompt}/{response} placeholders"
     )
