@@ -132,7 +132,7 @@ def test_render_template_fills_both_placeholders_in_one_pass():
     assert rendered == "U: say {response} | A: ok {prompt} | {other}"
 
 
-@pytest.mark.parametrize("template", [WALLEDGUARD_C_TEMPLATE, CHAT_TEMPLATE])
+@pytest.mark.parametrize("template", [WALLEDGUARD_C_TEMPLATE, CHAT_TEMPLATE], ids=["walledguard-c", "chat"])
 def test_batched_guard_matches_one_at_a_time_reference(tiny_model_dir, template):
     max_new_tokens = 12
     reference = reference_guard_outputs(tiny_model_dir, template, max_new_tokens)

@@ -61,6 +61,7 @@ def sample_dir(tmp_path_factory) -> Path:
     return write_sample_data_dir(tmp_path_factory.mktemp("data"), rows_per_file=LIMIT)
 
 
+@pytest.mark.slow
 def test_safety_tasks_end_to_end(tiny_model_dir, sample_dir, tmp_path, monkeypatch):
     guard_dir = save_verdict_guard(tmp_path / "guard")
     monkeypatch.setenv("SLOWED_JUDGE", str(guard_dir))
@@ -114,6 +115,7 @@ def test_safety_tasks_end_to_end(tiny_model_dir, sample_dir, tmp_path, monkeypat
     assert summary["n"] == LIMIT and summary["judge"]["kind"] == "refusal_keywords"
 
 
+@pytest.mark.slow
 def test_failed_judge_keeps_the_generations(tiny_model_dir, sample_dir, tmp_path, monkeypatch):
     offline(monkeypatch)
     monkeypatch.setenv("SLOWED_JUDGE", "slowed-tests/no-such-guard")
