@@ -138,7 +138,7 @@ class GuardModelJudge(Judge):
                 "a local model directory, not in the Hugging Face cache, and could not be downloaded "
                 f"(HF_HUB_OFFLINE/no network, or gated). Download it where the hub is reachable, or set "
                 "SLOWED_JUDGE to a local guard model directory and SLOWED_JUDGE_TEMPLATE to a preset name "
-                f"({', '.join(sorted(GUARD_PRESETS))}), 'chat', or a template file with {{response}}; "
+                f"({', '.join(sorted(GUARD_PRESETS))}), 'chat', 'chat-parts', or a template file with {{response}}; "
                 f"SLOWED_JUDGE=keywords uses the refusal-keyword judge. Cause: {error}"
             ) from error
         tokenizer.padding_side = "left"
