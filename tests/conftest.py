@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-from tiny_models import save_tiny_model
-
+# Before anything imports huggingface_hub, which reads HF_HUB_OFFLINE once at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+from tiny_models import save_tiny_model
 
 SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
