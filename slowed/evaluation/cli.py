@@ -16,9 +16,11 @@ After a run, the judge records are added to the results file (see :func:`run_lm_
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from slowed.evaluation.results import attach_judge_records
@@ -81,8 +83,15 @@ def run_lm_eval(argv: Sequence[str]) -> int:
     settings) and its label counts."""
     from lm_eval.utils import setup_logging
 
+    from slowed.evaluation.safety import GENERATIONS_DIR_ENV
+
     setup_logging()
     harness, args = parse_lm_eval_args(argv)
+    output_path = getattr(args, "output_path", None)
+    if output_path and not os.environ.get(GENERATIONS_DIR_ENV, "").strip():
+        # Saved generations and judge sidecars land next to lm-eval's own results.
+        folder = Path(output_path).parent if output_path.endswith(".json") else Path(output_path)
+        os.environ[GENERATIONS_DIR_ENV] = str(folder / "slowed-generations")
     started = time.time()
     harness.execute(args)
     if getattr(args, "output_path", None):
