@@ -12,7 +12,7 @@ python recipes/slowed_sft.py --config recipes/smollm2-135m/slowed.yaml
 ```bash
 accelerate launch --config_file recipes/accelerate/ddp.yaml recipes/slowed_sft.py \
     --config recipes/qwen2.5-1.5b/slowed.yaml \
-    --entropy_mask_ratio 0.3 --output_dir runs/qwen-k0.3
+    --entropy_mask_ratio 0.3 --output_dir outputs/qwen-k0.3
 ```
 
 # From scratch, every option on the command line
@@ -22,7 +22,7 @@ python recipes/slowed_sft.py \
     --dataset_name ../shared/data/bbh_cot_teacher --dataset_columns teacher_bbh --only_correct \
     --use_peft --lora_r 64 --lora_alpha 128 --lora_target_modules all-linear \
     --entropy_mask_ratio 0.2 --slow_tuning_tau 8.0 \
-    --num_train_epochs 10 --learning_rate 2e-4 --output_dir runs/smollm2-bbh
+    --num_train_epochs 10 --learning_rate 2e-4 --output_dir outputs/smollm2-bbh
 ```
 
 Data: `--dataset_name` is a hub dataset id, a local .jsonl/.json/.csv file or folder (read by
