@@ -254,3 +254,43 @@ def test_end_to_end_tiny_run_writes_adapter_and_record(tiny_model_dir, tmp_path)
     assert squared**0.5 == pytest.approx(1e-3, rel=1e-4)
     assert on_disk["final"]["delta_norm"] == pytest.approx(squared**0.5, rel=1e-4)
     assert json.loads((output_dir / "slowed_config.json").read_text())["slow_tuning_tau"] == 1e-3
+
+
+def test_bloom_chat_template_trains_and_is_saved_with_the_adapter(tiny_model_dir, tmp_path):
+    template_path = RECIPES / "bloom-1.1b" / "chat_template.jinja"
+    assert yaml.safe_load((RECIPES / "bloom-1.1b" / "slowed.yaml").read_text())["chat_template_path"] == (
+        "recipes/bloom-1.1b/chat_template.jinja"
+    )
+    output_dir = tmp_path / "bloom-format"
+    script_args, training_args, model_args = parse(
+        "--config",
+        str(RECIPES / "smollm2-135m" / "std_cot.yaml"),
+        "--model_name_or_path",
+        str(tiny_model_dir),
+        "--chat_template_path",
+        str(template_path),
+        "--builtin_num_per_task",
+        "2",
+        "--builtin_tasks",
+        "boolean_expressions",
+        "--max_steps",
+        "1",
+        "--lora_r",
+        "2",
+        "--output_dir",
+        str(output_dir),
+    )
+    slowed_sft.main(script_args, training_args, model_args)
+
+    from transformers import AutoTokenizer
+
+    from slowed.prompting import assistant_message, user_message
+
+    saved = AutoTokenizer.from_pretrained(output_dir)
+    assert saved.chat_template == template_path.read_text()
+    conversation = [user_message("not ( True ) is"), assistant_message("not True is False.", "False")]
+    rendered = saved.apply_chat_template(conversation, tokenize=False)
+    assert rendered == f"not ( True ) is\nnot True is False. So the answer is False.{saved.eos_token}"
+    assert saved.apply_chat_template(conversation[:1], tokenize=False, add_generation_prompt=True) == (
+        "not ( True ) is\n"
+    )
