@@ -231,6 +231,7 @@ def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
     text = json.dumps(record, indent=2, default=_jsonable) + "\n"
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.chmod(tmp_name, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp_name, path)
