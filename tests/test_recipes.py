@@ -294,3 +294,83 @@ def test_bloom_chat_template_trains_and_is_saved_with_the_adapter(tiny_model_dir
     assert saved.apply_chat_template(conversation[:1], tokenize=False, add_generation_prompt=True) == (
         "not ( True ) is\n"
     )
+
+
+def _tiny_paper_architecture(architecture: str, directory: Path) -> Path:
+    """A 2-layer random BLOOM or Qwen2 (the paper students' architectures) with the tiny ChatML tokenizer."""
+    from tiny_models import make_tiny_tokenizer
+    from transformers import BloomConfig, BloomForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = make_tiny_tokenizer()
+    ids = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    if architecture == "bloom":
+        model = BloomForCausalLM(BloomConfig(hidden_size=32, n_layer=2, n_head=4, **ids))
+    else:
+        model = Qwen2ForCausalLM(
+            Qwen2Config(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                **ids,
+            )
+        )
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize(("recipe", "architecture"), [("bloom-1.1b", "bloom"), ("qwen2.5-1.5b", "qwen2")])
+def test_paper_recipe_trains_its_architecture_at_tiny_scale(recipe, architecture, tmp_path):
+    model_dir = _tiny_paper_architecture(architecture, tmp_path / "model")
+    output_dir = tmp_path / "run"
+    script_args, training_args, model_args = parse_recipe(
+        RECIPES / recipe / "slowed.yaml",
+        "--model_name_or_path",
+        str(model_dir),
+        "--dataset_name",
+        "builtin",
+        "--builtin_num_per_task",
+        "5",
+        *(
+            ["--chat_template_path", str(RECIPES / recipe / "chat_template.jinja")]
+            if recipe == "bloom-1.1b"
+            else []
+        ),
+        "--bf16",
+        "false",
+        "--dtype",
+        "float32",
+        "--lora_r",
+        "2",
+        "--max_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--output_dir",
+        str(output_dir),
+    )
+    record = slowed_sft.main(script_args, training_args, model_args)
+
+    raw = yaml.safe_load((RECIPES / recipe / "slowed.yaml").read_text())
+    assert record["slowed"]["entropy_mask_ratio"] == raw["entropy_mask_ratio"]
+    assert record["slowed"]["slow_tuning_tau"] == float(raw["slow_tuning_tau"])
+    assert record["data"]["num_rows"] == {"train": 20, "test": 5}
+    assert 0 < record["final"]["masked_fraction"] <= raw["entropy_mask_ratio"]
+    # all-linear LoRA = every nn.Linear of the base model except lm_head (reference from the plain model)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    linear = {
+        name
+        for name, module in base.named_modules()
+        if isinstance(module, torch.nn.Linear) and name != "lm_head"
+    }
+    assert set(record["model"]["peft"]["target_modules"]) == linear
+    assert (output_dir / "adapter_model.safetensors").is_file()
