@@ -193,9 +193,7 @@ def final_delta_norm(trainer) -> tuple[float | None, str]:
     try:
         model = trainer.accelerator.unwrap_model(trainer.model)
         return float(global_norm(lora_delta_norms(model))), "measured on the final LoRA weights"
-    except (
-        ValueError
-    ) as error:  # no LoRA adapter (full fine-tuning without Slow Tuning) or unsupported variant
+    except ValueError as error:  # full fine-tuning without Slow Tuning, or a LoRA variant it cannot measure
         return None, f"not available: {error}"
 
 
