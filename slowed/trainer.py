@@ -451,18 +451,16 @@ class SLowEDTrainer(SFTTrainer):
     # ---------------------------------------------------------------------------------------------- logging
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """TRL's logging plus ``slowed/masked_fraction`` and the latest Slow Tuning norms (training only)."""
+        """TRL's logging plus ``slowed/masked_fraction`` (training logs) and the norms of a new Slow Tuning check."""
         if self.model.training:
             masked, valid = self._masked_window
             if valid > 0:
                 self._metrics["train"][MASKED_FRACTION_KEY] = [masked / valid]
             self._masked_window = [0, 0]
-            if (
-                self.slow_tuning is not None
-                and len(self.slow_tuning.history) > self._slow_tuning_checks_logged
-            ):
-                logs.update(self.slow_tuning.last_logs)
-                self._slow_tuning_checks_logged = len(self.slow_tuning.history)
+        # In any mode: when an epoch-end evaluation follows the last check, its log is the next one.
+        if self.slow_tuning is not None and len(self.slow_tuning.history) > self._slow_tuning_checks_logged:
+            logs.update(self.slow_tuning.last_logs)
+            self._slow_tuning_checks_logged = len(self.slow_tuning.history)
         super().log(logs, start_time)
 
     # ----------------------------------------------------------------------------------------------- saving

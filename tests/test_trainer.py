@@ -389,6 +389,38 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(uninterrupted_run, tok
     assert train_losses(resumed)[-2:] == pytest.approx(train_losses(trainer)[-2:], rel=1e-6)
 
 
+def test_epoch_end_check_is_logged_when_an_evaluation_follows(tokenizer, dataset, tmp_path):
+    # 16 rows / batch 4 = 4 steps per epoch; the epoch-end check at step 4 is followed by an evaluation, whose log
+    # (eval mode) is the first one after it: the norms must still reach the log history, once per check.
+    args = make_args(
+        SLowEDConfig,
+        tmp_path,
+        max_steps=-1,
+        num_train_epochs=2,
+        logging_steps=3,
+        eval_strategy="epoch",
+        learning_rate=2e-2,
+        entropy_mask_ratio=RATIO,
+        slow_tuning_tau=TAU,
+    )
+    trainer = SLowEDTrainer(
+        sharp_model(tokenizer),
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=dataset.select(range(4)),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    trainer.train()
+    assert [step for step, _ in trainer.slow_tuning.history] == [4, 8]
+    logged = [
+        (e["step"], e["slowed/delta_norm_before"])
+        for e in trainer.state.log_history
+        if "slowed/delta_norm_before" in e
+    ]
+    assert logged == [(step, result.norm_before) for step, result in trainer.slow_tuning.history]
+
+
 # ------------------------------------------------------------------------------------- refused combinations
 
 
