@@ -227,3 +227,44 @@ def test_offline_hub_error_names_the_fix(monkeypatch) -> None:
     else:
         pytest.skip("allenai/ai2_arc is in the local datasets cache, so offline loading succeeds")
     assert "allenai/ai2_arc" in message and DATA_DIR_ENV in message and "data_dir" in message
+
+
+# ------------------------------------------------------------------ BBH rows held out from training
+
+
+def test_teacher_index_is_the_position_in_the_bbh_task_file(shared_data_dir: Path) -> None:
+    # bbh_heldout filters BBH rows by the teacher files' `index`: it must be the row's position in the task file.
+    for task in BBH_TASKS:
+        examples = json.loads((shared_data_dir / "bbh" / "tasks" / f"{task}.json").read_text())["examples"]
+        teacher = _jsonl(shared_data_dir / "bbh_cot_teacher" / f"{task}.jsonl")
+        matches = sum(examples[row["index"]]["target"] == row["target"] for row in teacher)
+        assert matches == len(teacher) == len(examples), task
+        same_input = sum(examples[row["index"]]["input"] == row["input"] for row in teacher)
+        assert same_input >= len(teacher) - 1, (
+            task
+        )  # snarks index 88 has a truncated input in the teacher file
+
+
+def test_bbh_heldout_keeps_exactly_the_recorded_rows(sample_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    task = BBH_TASKS[0]
+    examples = json.loads((sample_dir / "bbh" / "tasks" / f"{task}.json").read_text())["examples"]
+    run_record = tmp_path / "slowed_run.json"
+    run_record.write_text(json.dumps({"data": {"held_out_index_by_task": {task: [2, 0]}}}))
+    rows = load_bbh(task, data_dir=sample_dir, bbh_heldout=str(run_record))["test"]
+    assert list(rows) == [
+        {"question": examples[i]["input"].strip(), "target": examples[i]["target"]} for i in (0, 2)
+    ]
+
+    mapping = tmp_path / "heldout.json"
+    mapping.write_text(json.dumps({task: [1]}))
+    monkeypatch.setenv("SLOWED_BBH_HELDOUT", str(mapping))
+    assert list(load_bbh(task, data_dir=sample_dir)["test"]) == [
+        {"question": examples[1]["input"].strip(), "target": examples[1]["target"]}
+    ]
+    with pytest.raises(
+        ValueError, match=rf"holds no held-out rows for BBH task '{BBH_TASKS[1]}'.*--test_fraction"
+    ):
+        load_bbh(BBH_TASKS[1], data_dir=sample_dir)
+    mapping.write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="held_out_index_by_task"):
+        load_bbh(task, data_dir=sample_dir)

@@ -32,6 +32,7 @@ from datasets import Dataset, DatasetDict
 from slowed.prompting import user_message
 
 DATA_DIR_ENV = "SLOWED_DATA_DIR"
+HELDOUT_ENV = "SLOWED_BBH_HELDOUT"
 
 BBH_TASKS = (
     "boolean_expressions",
@@ -305,20 +306,61 @@ def bigbench_hub_row(row: Mapping[str, Any], where: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------- loaders
 
 
-def load_bbh(subset: str, data_dir: str | os.PathLike | None = None, **metadata: Any) -> DatasetDict:
-    """BIG-Bench Hard task ``subset`` (test): ``SaylorTwift/bbh`` or ``<data_dir>/bbh/tasks/<subset>.json``."""
+def load_bbh(
+    subset: str,
+    data_dir: str | os.PathLike | None = None,
+    bbh_heldout: str | os.PathLike | None = None,
+    **metadata: Any,
+) -> DatasetDict:
+    """BIG-Bench Hard task ``subset`` (test): ``SaylorTwift/bbh`` or ``<data_dir>/bbh/tasks/<subset>.json``.
+
+    ``bbh_heldout`` (``--metadata`` key, else ``$SLOWED_BBH_HELDOUT``) restricts the task to the rows a
+    training run held out (see :func:`heldout_indices`): the BBH teacher rationales are the BBH test rows.
+    """
     _check_subset(subset, BBH_TASKS, "BBH")
     source = resolve_data_dir(data_dir)
     if source is None:
         hub = _load_hub(HUB_BBH, subset, "test")
-        return _test_split(_reasoning_row(row["input"], row["target"]) for row in hub)
-    path = _local_file(source, f"bbh/tasks/{subset}.json", f"{HUB_BBH}/{subset}")
-    examples = _field(_read_json(path), "examples", str(path), (list,))
-    rows = []
-    for index, example in enumerate(examples):
-        where = f"{path} examples[{index}]"
-        rows.append(_reasoning_row(_field(example, "input", where), _field(example, "target", where)))
+        rows = [_reasoning_row(row["input"], row["target"]) for row in hub]
+    else:
+        path = _local_file(source, f"bbh/tasks/{subset}.json", f"{HUB_BBH}/{subset}")
+        examples = _field(_read_json(path), "examples", str(path), (list,))
+        rows = []
+        for index, example in enumerate(examples):
+            where = f"{path} examples[{index}]"
+            rows.append(_reasoning_row(_field(example, "input", where), _field(example, "target", where)))
+    keep = heldout_indices(subset, bbh_heldout)
+    if keep is not None:
+        rows = [row for index, row in enumerate(rows) if index in keep]
     return _test_split(rows)
+
+
+def heldout_indices(task: str, heldout: str | os.PathLike | None = None) -> set[int] | None:
+    """The BBH row indices of ``task`` that a training run held out, or None to evaluate every row.
+
+    ``heldout`` (else ``$SLOWED_BBH_HELDOUT``) is a training run's ``slowed_run.json`` (its
+    ``data.held_out_index_by_task``, written by ``recipes/slowed_sft.py``) or a JSON object
+    ``{task: [index, ...]}``. Indices are 0-based positions in the BBH task file, as in the teacher files.
+    """
+    if heldout in (None, ""):
+        heldout = os.environ.get(HELDOUT_ENV, "") or None
+    if heldout is None:
+        return None
+    path = Path(heldout).expanduser()
+    data = _read_json(path)
+    if isinstance(data, dict) and isinstance(data.get("data"), dict):
+        data = data["data"].get("held_out_index_by_task")
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ValueError(
+            f"{path}: bbh_heldout must be a slowed_run.json with data.held_out_index_by_task, or a JSON object "
+            "{task: [index, ...]}."
+        )
+    if not data.get(task):
+        raise ValueError(
+            f"{path} holds no held-out rows for BBH task {task!r} (tasks present: {sorted(data) or 'none'}): "
+            "train with --test_fraction > 0, or evaluate without bbh_heldout / $SLOWED_BBH_HELDOUT."
+        )
+    return {int(index) for index in data[task]}
 
 
 def load_arc(subset: str, data_dir: str | os.PathLike | None = None, **metadata: Any) -> DatasetDict:
