@@ -41,7 +41,6 @@ Outputs in `output_dir`: the adapter (or the full model without `--use_peft`) an
 import argparse
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -223,21 +222,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
-    """Write `record` as indented JSON via a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=2, default=_jsonable) + "\n"
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.chmod(tmp_name, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def run_record(
     script_args, training_args, model_args, requested_model, splits, trainer, train_metrics
 ) -> dict:
@@ -285,6 +269,7 @@ def main(script_args, training_args, model_args) -> dict[str, Any]:
     from packaging.version import Version
     from trl import get_peft_config, get_quantization_config
 
+    from slowed.atomic import write_atomic
     from slowed.models import resolve_model_path
     from slowed.trainer import SLowEDTrainer
 
@@ -322,7 +307,10 @@ def main(script_args, training_args, model_args) -> dict[str, Any]:
         script_args, training_args, model_args, requested_model, splits, trainer, train_result.metrics
     )
     if trainer.accelerator.is_main_process:
-        write_json_atomically(Path(training_args.output_dir) / SUMMARY_FILE, record)
+        write_atomic(
+            Path(training_args.output_dir) / SUMMARY_FILE,
+            json.dumps(record, indent=2, default=_jsonable) + "\n",
+        )
 
     final = record["final"]
     what = "adapter" if record["model"]["peft"] is not None else "model"

@@ -20,11 +20,9 @@ tests (no DeepSpeed here). FSDP, and full fine-tuning under DeepSpeed, are refus
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -35,6 +33,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import TrainerCallback
+
+from slowed.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -398,17 +398,8 @@ def project_full_(
 
 
 def _save_reference_atomically(reference: dict[str, torch.Tensor], path: str) -> None:
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".slow_tuning_reference.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file({name: t.detach().contiguous().cpu() for name, t in reference.items()}, tmp_path)
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        raise
+    with atomic_path(path) as temporary:
+        save_file({name: t.detach().contiguous().cpu() for name, t in reference.items()}, str(temporary))
 
 
 # ---------------------------------------------------------------------------------------------- callback

@@ -33,8 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -50,6 +48,7 @@ from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
 import slowed
+from slowed.atomic import write_atomic
 from slowed.collator import KEEP_COLUMN, NUM_MASKED_KEY, MaskingCollator
 from slowed.config import SLowEDConfig
 from slowed.masking import kept_token_count, low_entropy_keep_mask
@@ -197,20 +196,6 @@ def check_peft_config(peft_config: PeftConfig | None, args: SLowEDConfig) -> Non
             f"modules_to_save={peft_config.modules_to_save!r} would be fully trained without bound. Remove "
             "modules_to_save or set slow_tuning_tau=None."
         )
-
-
-def _write_json_atomically(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(record, file, indent=2, sort_keys=True)
-            file.write("\n")
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -485,6 +470,5 @@ class SLowEDTrainer(SFTTrainer):
         """Save as `SFTTrainer` does, plus ``slowed_config.json`` (atomic; main process) in the same folder."""
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            _write_json_atomically(
-                Path(output_dir or self.args.output_dir) / SLOWED_CONFIG_NAME, self.slowed_record()
-            )
+            record = json.dumps(self.slowed_record(), indent=2, sort_keys=True) + "\n"
+            write_atomic(Path(output_dir or self.args.output_dir) / SLOWED_CONFIG_NAME, record)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from slowed.atomic import write_atomic
 
 
 class ResultsError(ValueError):
@@ -151,32 +151,6 @@ def metrics_from_file(path: str | Path) -> dict[str, float]:
         if str(path) in str(error):
             raise
         raise ResultsError(f"{path}: {error}") from error
-
-
-def _file_mode(path: Path) -> int:
-    """The mode a rewrite of ``path`` keeps: its current one, else what ``open()`` would give (0o666 & ~umask)."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path: str | Path, content: str | bytes) -> Path:
-    """Write ``content`` (text as UTF-8) to ``path`` via a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
-        temporary.write_bytes(data)
-        temporary.chmod(_file_mode(path))
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def judge_records_for(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

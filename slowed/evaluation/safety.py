@@ -30,6 +30,7 @@ from typing import Any
 
 from lm_eval.api.filter import Filter
 
+from slowed.atomic import write_atomic
 from slowed.judges import LABELS, Judge, Label, Verdict, load_judge
 
 GENERATIONS_DIR_ENV = "SLOWED_GENERATIONS_DIR"
@@ -44,19 +45,6 @@ def generations_dir() -> Path:
     """$SLOWED_GENERATIONS_DIR, else `<tempdir>/slowed-generations`."""
     configured = os.environ.get(GENERATIONS_DIR_ENV, "").strip()
     return Path(configured).expanduser() if configured else Path(tempfile.gettempdir()) / "slowed-generations"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def recorded_judges() -> dict[str, dict[str, Any]]:
