@@ -190,3 +190,17 @@ def test_judge_rejudges_logged_samples_with_keywords(tmp_path, capsys):
     assert result["model_name"] == "ckpt/epoch-3"
     assert "agreement with the verdicts logged" in capsys.readouterr().out
     assert main(["check", str(output), "--min", "safety_ratio=0.5", "--max", "judge_unknown_rate=0.25"]) == 0
+
+
+def test_embedded_student_alias_in_model_args_becomes_its_path(tmp_path, monkeypatch):
+    # A complete cache directory (marker present) stands in for the materialised student: no conversion runs.
+    from slowed.models import COMPLETE_MARKER, default_cache_dir
+
+    monkeypatch.setenv("SLOWED_CACHE", str(tmp_path))
+    model_dir = default_cache_dir()
+    model_dir.mkdir(parents=True)
+    (model_dir / COMPLETE_MARKER).write_text('{"format": 1}')
+    _, args = parse_lm_eval_args(["--model", "hf", "--model_args", "pretrained=embedded:smollm2-135m,peft=a"])
+    assert args.model_args == {"pretrained": str(model_dir), "peft": "a"}
+    _, args = parse_lm_eval_args(["--model", "hf", "--model_args", "pretrained=org/model"])
+    assert args.model_args == {"pretrained": "org/model"}

@@ -62,7 +62,8 @@ Every other argument is lm-eval's (below).
 
 def parse_lm_eval_args(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
     """Parse ``argv`` with lm-eval's own ``HarnessCLI`` (its legacy insertion of ``run`` included) and put
-    our task folder in front of the user's ``--include_path``; returns (the HarnessCLI, the namespace)."""
+    our task folder in front of the user's ``--include_path``; ``pretrained=embedded:smollm2-135m`` in
+    ``--model_args`` becomes the embedded student's local path. Returns (the HarnessCLI, the namespace)."""
     from lm_eval._cli import HarnessCLI
 
     harness = HarnessCLI()
@@ -74,6 +75,11 @@ def parse_lm_eval_args(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
         sys.argv = saved_argv
     if hasattr(args, "include_path"):
         args.include_path = include_paths(args.include_path)
+    model_args = getattr(args, "model_args", None)
+    if isinstance(model_args, dict) and str(model_args.get("pretrained", "")).startswith("embedded:"):
+        from slowed.models import resolve_model_path
+
+        model_args["pretrained"] = resolve_model_path(model_args["pretrained"])
     return harness, args
 
 
