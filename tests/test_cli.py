@@ -204,3 +204,23 @@ def test_embedded_student_alias_in_model_args_becomes_its_path(tmp_path, monkeyp
     assert args.model_args == {"pretrained": str(model_dir), "peft": "a"}
     _, args = parse_lm_eval_args(["--model", "hf", "--model_args", "pretrained=org/model"])
     assert args.model_args == {"pretrained": "org/model"}
+
+
+def test_training_record_comes_from_the_adapter_then_the_model_folder(tmp_path):
+    from slowed.evaluation.results import ResultsError, training_record_for
+
+    adapter, model = tmp_path / "adapter", tmp_path / "model"
+    adapter.mkdir()
+    model.mkdir()
+    (model / "slowed_config.json").write_text('{"slow_tuning_tau": 2.0}')
+    assert training_record_for({"pretrained": str(model), "peft": str(adapter)}) == {
+        "source": str(model / "slowed_config.json"),
+        "slow_tuning_tau": 2.0,
+    }
+    (adapter / "slowed_config.json").write_text('{"slow_tuning_tau": 1.0}')
+    assert training_record_for({"pretrained": str(model), "peft": str(adapter)})["slow_tuning_tau"] == 1.0
+    assert training_record_for({"pretrained": "org/hub-model"}) is None
+    assert training_record_for("pretrained=x") is None
+    (adapter / "slowed_config.json").write_text("{not json")
+    with pytest.raises(ResultsError, match=r"adapter/slowed_config.json: not a readable slowed_config.json"):
+        training_record_for({"peft": str(adapter)})

@@ -29,6 +29,14 @@ COMMON_ARGS = ["--limit", str(LIMIT), "--apply_chat_template", "--gen_kwargs", "
 # Batch size 1: no padding, so a document's greedy generation cannot depend on which other requests of
 # the run share its batch (the runs compared here hold different task sets).
 COMMON_ARGS += ["--device", "cpu", "--batch_size", "1", "--log_samples"]
+TRAINING_KNOBS = {
+    "entropy_mask_ratio": 0.2,
+    "entropy_mask_scope": "sequence",
+    "entropy_source": "online",
+    "slow_tuning_tau": 1.0,
+    "slow_tuning_scope": "global",
+    "slow_tuning_interval": "epoch",
+}
 REASONING_GROUPS = ("slowed_id", "slowed_ood", "slowed_bbh", "slowed_bbsub", "slowed_agieval")
 
 
@@ -85,6 +93,8 @@ def workspace(tmp_path_factory, tiny_model_dir) -> dict[str, Path]:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(model, lora).save_pretrained(adapter)
+    # The knobs SLowEDTrainer.save_model writes next to every adapter; evaluation records them with the results.
+    (adapter / "slowed_config.json").write_text(json.dumps(TRAINING_KNOBS), encoding="utf-8")
     user_tasks = root / "user_tasks"
     user_tasks.mkdir()
     (user_tasks / "echo.jsonl").write_text(
@@ -147,6 +157,8 @@ def test_results_hold_safety_every_reasoning_task_and_both_groups(cli_run, works
     )
     judge = results["slowed_judges"]["slowed_safety"]["judge"]
     assert judge["model"] == str(workspace["model"]) and judge["template"] == "walledguard-c"
+    source = str(workspace["adapter"] / "slowed_config.json")
+    assert results["slowed_training"] == {"source": source, **TRAINING_KNOBS}
 
     metrics = metrics_from_results(results)
     assert set(metrics) == set(METRIC_NAMES)
@@ -248,6 +260,7 @@ def test_python_api_matches_the_cli(cli_run, workspace, monkeypatch):
         name: cli_metrics[name] for name in ("safety_ratio", "ood_arc_easy", "judge_unknown_rate")
     }
     assert results["slowed_judges"]["slowed_safety"]["judge"]["model"] == str(workspace["model"])
+    assert results["slowed_training"] == cli_run["results"]["slowed_training"]
 
 
 def test_run_on_shared_data(shared_data_dir, workspace):

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from slowed.evaluation.results import judge_records_for, metrics_from_results
+from slowed.evaluation.results import metrics_from_results, slowed_records_for
 from slowed.evaluation.tasks import IncludePath, task_manager
 
 __all__ = ["evaluate", "metrics_from_results"]
@@ -62,7 +62,8 @@ def evaluate(
 
     Returns:
         lm-eval's results dict (``results``, ``groups``, ``configs``, ..., ``samples`` when logged) plus
-        ``slowed_judges`` (the safety judge's description and label counts, when a safety task ran); pass it
+        ``slowed_judges`` (the safety judge's description and label counts, when a safety task ran) and
+        ``slowed_training`` (the checkpoint's ``slowed_config.json``: the SLowED knobs it was trained with); pass it
         to :func:`metrics_from_results` for the paper's metrics.
     """
     from lm_eval import simple_evaluate
@@ -88,8 +89,4 @@ def evaluate(
         raise RuntimeError(
             "lm_eval.simple_evaluate returned no results (non-zero rank in a distributed run?)"
         )
-    results = dict(results)
-    records = judge_records_for(results)
-    if records:
-        results["slowed_judges"] = records
-    return results
+    return {**results, **slowed_records_for(results, parsed_model_args)}

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from slowed.evaluation.results import attach_judge_records
+from slowed.evaluation.results import attach_slowed_records
 from slowed.evaluation.tasks import TASK_DIR, include_paths
 
 
@@ -101,7 +101,7 @@ def run_lm_eval(argv: Sequence[str]) -> int:
     started = time.time()
     harness.execute(args)
     if getattr(args, "output_path", None):
-        attach_judge_records(args.output_path, started)
+        attach_slowed_records(args.output_path, started, getattr(args, "model_args", None))
     return 0
 
 

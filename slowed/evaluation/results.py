@@ -17,6 +17,8 @@ from typing import Any, NamedTuple
 
 from slowed.atomic import write_atomic
 
+TRAINING_RECORD_NAME = "slowed_config.json"  # slowed.trainer.SLOWED_CONFIG_NAME, without importing TRL
+
 
 class ResultsError(ValueError):
     """A results file or a request about it that cannot be used (missing, malformed, metric absent)."""
@@ -166,10 +168,41 @@ def judge_records_for(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def attach_judge_records(output_path: str | Path, since: float) -> list[Path]:
-    """Add ``"slowed_judges"`` (:func:`judge_records_for`) to the results files lm-eval wrote under
-    ``output_path`` (a folder, or a ``.json`` path it suffixes with a timestamp) at or after ``since``
-    (``time.time()``, less 1 s for coarse file-system clocks); rewrites each atomically and returns them."""
+def training_record_for(model_args: Any) -> dict[str, Any] | None:
+    """The SLowED knobs of the evaluated checkpoint: ``slowed_config.json`` (written by ``SLowEDTrainer``
+    next to every saved adapter or model) from the ``peft`` folder, else the ``pretrained`` folder, with its
+    path under ``"source"``; None when neither is a local folder holding one (e.g. a plain hub model)."""
+    if not isinstance(model_args, Mapping):
+        return None
+    for key in ("peft", "pretrained"):
+        folder = model_args.get(key)
+        candidate = Path(str(folder)).expanduser() / TRAINING_RECORD_NAME if folder else None
+        if candidate is not None and candidate.is_file():
+            try:
+                record = json.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as error:
+                raise ResultsError(f"{candidate}: not a readable slowed_config.json ({error})") from error
+            return {"source": str(candidate), **record}
+    return None
+
+
+def slowed_records_for(results: Mapping[str, Any], model_args: Any) -> dict[str, Any]:
+    """What slowed adds to a results file: ``slowed_judges`` (:func:`judge_records_for`) and
+    ``slowed_training`` (:func:`training_record_for`), each only when there is something to record."""
+    records: dict[str, Any] = {}
+    judges = judge_records_for(results)
+    if judges:
+        records["slowed_judges"] = judges
+    training = training_record_for(model_args)
+    if training is not None:
+        records["slowed_training"] = training
+    return records
+
+
+def attach_slowed_records(output_path: str | Path, since: float, model_args: Any = None) -> list[Path]:
+    """Add :func:`slowed_records_for` to the results files lm-eval wrote under ``output_path`` (a folder,
+    or a ``.json`` path it suffixes with a timestamp) at or after ``since`` (``time.time()``, less 1 s for
+    coarse file-system clocks); rewrites each atomically and returns them."""
     output_path = Path(output_path)
     if output_path.suffix == ".json":
         candidates = output_path.parent.glob(f"{output_path.stem}_*.json")
@@ -180,9 +213,9 @@ def attach_judge_records(output_path: str | Path, since: float) -> list[Path]:
         if path.stat().st_mtime < since - 1.0:
             continue
         data = load_results(path)
-        records = judge_records_for(data)
+        records = slowed_records_for(data, model_args)
         if records:
-            data["slowed_judges"] = records
+            data.update(records)
             write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
             updated.append(path)
     return updated
