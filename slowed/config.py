@@ -2,7 +2,8 @@
 
 The knobs (see the paper, arXiv 2508.09666, and docs/DESIGN.md section 1):
 
-- Low-Entropy Masking (LEM): ``entropy_mask_ratio`` (k), ``entropy_mask_scope``, ``entropy_source``.
+- Low-Entropy Masking (LEM): ``entropy_mask_ratio`` (k), ``entropy_mask_scope``, ``entropy_source``, and
+  ``entropy_mask_selection`` (which tokens: SLowED's lowest-entropy, or the highest/random controls).
 - Slow Tuning (ST): ``slow_tuning_tau`` (τ), ``slow_tuning_scope``, ``slow_tuning_interval``.
 
 With ``entropy_mask_ratio=0`` and ``slow_tuning_tau=None`` (the defaults) training is exactly stock SFT.
@@ -24,7 +25,7 @@ from typing import Any
 
 from trl import SFTConfig
 
-from slowed.masking import MASK_SCOPES
+from slowed.masking import MASK_SCOPES, MASK_SELECTIONS
 
 ENTROPY_SOURCES: tuple[str, ...] = ("online", "initial")
 SLOW_TUNING_SCOPES: tuple[str, ...] = ("global", "module")
@@ -32,6 +33,7 @@ SLOW_TUNING_INTERVAL_NAMES: tuple[str, ...] = ("epoch", "step")
 # The knobs recorded in `slowed_config.json` next to the trained weights.
 SLOWED_FIELDS: tuple[str, ...] = (
     "entropy_mask_ratio",
+    "entropy_mask_selection",
     "entropy_mask_scope",
     "entropy_source",
     "slow_tuning_tau",
@@ -104,6 +106,9 @@ class SLowEDConfig(SFTConfig):
         entropy_mask_ratio (`float`, defaults to `0.0`):
             Low-Entropy Masking ratio k in [0, 1): the floor(k·n) lowest-entropy of the n eligible completion
             tokens of each scope are dropped from the loss. 0 disables LEM.
+        entropy_mask_selection (`str`, defaults to `"lowest"`):
+            Which tokens are dropped at rate k: `"lowest"` entropy (SLowED), or the controls `"highest"` entropy
+            and `"random"` (uniform, seeded from `seed` and the optimizer step, so runs and resumes repeat).
         entropy_mask_scope (`str`, defaults to `"sequence"`):
             Where the k-quantile is taken: `"sequence"` (each sequence on its own; independent of batch size,
             gradient accumulation and world size) or `"batch"` (over each micro-batch).
@@ -135,6 +140,14 @@ class SLowEDConfig(SFTConfig):
         metadata={
             "help": "Low-Entropy Masking ratio k in [0, 1): share of the eligible completion tokens, lowest "
             "entropy first, dropped from the loss (per `entropy_mask_scope`). 0 disables LEM."
+        },
+    )
+    entropy_mask_selection: str = field(
+        default="lowest",
+        metadata={
+            "help": "Which tokens LEM drops at rate k: 'lowest' entropy (SLowED), or the controls 'highest' "
+            "entropy and 'random' (seeded).",
+            "choices": list(MASK_SELECTIONS),
         },
     )
     entropy_mask_scope: str = field(
@@ -179,6 +192,9 @@ class SLowEDConfig(SFTConfig):
 
     def __post_init__(self) -> None:
         self.entropy_mask_ratio = parse_entropy_mask_ratio(self.entropy_mask_ratio)
+        self.entropy_mask_selection = _parse_choice(
+            "entropy_mask_selection", self.entropy_mask_selection, MASK_SELECTIONS
+        )
         self.entropy_mask_scope = _parse_choice("entropy_mask_scope", self.entropy_mask_scope, MASK_SCOPES)
         self.entropy_source = _parse_choice("entropy_source", self.entropy_source, ENTROPY_SOURCES)
         self.slow_tuning_tau = parse_slow_tuning_tau(self.slow_tuning_tau)

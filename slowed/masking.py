@@ -6,6 +6,10 @@ Shapes: ``B`` sequences of ``T`` target positions (already shifted: position t s
 Among the valid tokens of a *scope* (one sequence, or the whole micro-batch) the ``floor(ratio · n)``
 lowest-entropy tokens are dropped from the loss. Ties are broken deterministically: among equal
 entropies the earlier position (row-major order for the batch scope) is dropped first.
+
+Controls at the same rate (``selection``): ``"highest"`` drops the highest-entropy tokens instead, and
+``"random"`` drops uniformly random ones (from a seeded generator), so an experiment can tell the effect
+of *which* tokens are dropped from the effect of dropping ``k`` of them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch
 
 MaskScope = Literal["sequence", "batch"]
 MASK_SCOPES: tuple[str, ...] = ("sequence", "batch")
+MaskSelection = Literal["lowest", "highest", "random"]
+MASK_SELECTIONS: tuple[str, ...] = ("lowest", "highest", "random")
 
 # floor(ratio * n) is taken in float64 with this slack so that e.g. 0.29 * 100 counts as 29, not 28.
 _FLOOR_SLACK = 1e-9
@@ -64,6 +70,24 @@ def low_entropy_keep_mask(
     rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     masked = num_masked(valid.sum(dim=1), ratio).unsqueeze(1)
     return valid & (rank >= masked)
+
+
+def selection_scores(
+    entropy: torch.Tensor, selection: MaskSelection = "lowest", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """B×T scores whose lowest values `low_entropy_keep_mask` drops, for each ``selection``.
+
+    "lowest": the entropy itself (SLowED); "highest": its negation; "random": uniform [0, 1) draws from
+    ``generator`` (drawn on the CPU, so a seed gives the same mask on every device), independent of entropy.
+    """
+    if selection == "lowest":
+        return entropy.detach()
+    if selection == "highest":
+        return -entropy.detach()
+    if selection == "random":
+        draws = torch.rand(entropy.shape, generator=generator, dtype=torch.float64)
+        return draws.to(entropy.device)
+    raise ValueError(f"entropy_mask_selection must be one of {MASK_SELECTIONS}; got {selection!r}")
 
 
 def kept_token_count(valid: torch.Tensor, ratio: float, scope: MaskScope = "sequence") -> torch.Tensor:

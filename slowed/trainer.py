@@ -51,7 +51,7 @@ import slowed
 from slowed.atomic import write_atomic
 from slowed.collator import KEEP_COLUMN, NUM_MASKED_KEY, MaskingCollator
 from slowed.config import SLowEDConfig
-from slowed.masking import kept_token_count, low_entropy_keep_mask
+from slowed.masking import kept_token_count, low_entropy_keep_mask, selection_scores
 from slowed.slow_tuning import SlowTuningCallback, check_lora_projectable
 
 SLOWED_CONFIG_NAME = "slowed_config.json"
@@ -126,8 +126,17 @@ class _LowEntropyMaskedForward:
     are kept for the metrics.
     """
 
-    def __init__(self, model: torch.nn.Module, ratio: float, scope: str, seq_idx: torch.Tensor | None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        ratio: float,
+        scope: str,
+        seq_idx: torch.Tensor | None,
+        selection: str = "lowest",
+        generator: torch.Generator | None = None,
+    ):
         self.model, self.ratio, self.scope, self.seq_idx = model, ratio, scope, seq_idx
+        self.selection, self.generator = selection, generator
         self.keep: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
 
@@ -135,9 +144,8 @@ class _LowEntropyMaskedForward:
         outputs = self.model(*args, **kwargs)
         if kwargs.get("fused_lm_head"):
             self.valid = outputs.label_mask.bool()
-            self.keep = keep_mask_by_sequence(
-                outputs.entropy.detach(), self.valid, self.ratio, self.scope, self.seq_idx
-            )
+            scores = selection_scores(outputs.entropy, self.selection, self.generator)
+            self.keep = keep_mask_by_sequence(scores, self.valid, self.ratio, self.scope, self.seq_idx)
             outputs.log_probs = outputs.log_probs.masked_fill(~self.keep, 0.0)
         return outputs
 
@@ -268,6 +276,7 @@ class SLowEDTrainer(SFTTrainer):
             formatting_func=formatting_func,
         )
         self._masked_window = [0, 0]  # [masked, eligible] LEM tokens since the last log, all processes
+        self._random_mask_calls = (-1, 0)  # (optimizer step, loss calls within it) seeding random masks
         self._slow_tuning_checks_logged = 0
         self._initial_masked_total = [0, 0]  # [masked, eligible] over the training set (initial source)
         self._check_parallelism()
@@ -326,6 +335,7 @@ class SLowEDTrainer(SFTTrainer):
         pad_id = self._tokenizer.pad_token_id
         order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
         flags: list[list[int]] = [[] for _ in input_ids]
+        generator = torch.Generator().manual_seed(self.args.seed)  # used by the "random" selection only
         was_training = model.training
         model.eval()
         adapters_off = model.disable_adapter() if is_peft_model(model) else contextlib.nullcontext()
@@ -349,9 +359,10 @@ class SLowEDTrainer(SFTTrainer):
                         fused_lm_head=True,
                     )
                     valid = outputs.label_mask.bool()
-                    keep = low_entropy_keep_mask(
-                        outputs.entropy.float(), valid, self.args.entropy_mask_ratio, "sequence"
+                    scores = selection_scores(
+                        outputs.entropy.float(), self.args.entropy_mask_selection, generator
                     )
+                    keep = low_entropy_keep_mask(scores, valid, self.args.entropy_mask_ratio, "sequence")
                     self._initial_masked_total[0] += int((valid & ~keep).sum())
                     self._initial_masked_total[1] += int(valid.sum())
                     for j, i in enumerate(rows):
@@ -420,12 +431,31 @@ class SLowEDTrainer(SFTTrainer):
             )
         _, seq_idx = _target_valid_and_segments(inputs)
         masked_forward = _LowEntropyMaskedForward(
-            model, self.args.entropy_mask_ratio, self.args.entropy_mask_scope, seq_idx
+            model,
+            self.args.entropy_mask_ratio,
+            self.args.entropy_mask_scope,
+            seq_idx,
+            self.args.entropy_mask_selection,
+            self._random_mask_generator(),
         )
         result = super().compute_loss(masked_forward, inputs, return_outputs, num_items_in_batch)
         valid, keep = masked_forward.valid, masked_forward.keep
         self._record_masked((valid & ~keep).sum(), valid.sum())
         return result
+
+    def _random_mask_generator(self) -> torch.Generator | None:
+        """For ``entropy_mask_selection="random"``: a CPU generator seeded by (``seed``, optimizer step, micro-batch
+        within the step, process), so a run, its resumption and a rerun draw the same masks; else None. (Python
+        hashes tuples of ints the same way in every process and run.)"""
+        if self.args.entropy_mask_selection != "random":
+            return None
+        step = self.state.global_step
+        self._random_mask_calls = (
+            step,
+            self._random_mask_calls[1] + 1 if self._random_mask_calls[0] == step else 0,
+        )
+        seed = hash((self.args.seed, step, self._random_mask_calls[1], self.accelerator.process_index))
+        return torch.Generator().manual_seed(seed % 2**63)
 
     def _record_masked(self, num_masked: torch.Tensor, num_valid: torch.Tensor) -> None:
         counts = self.accelerator.gather_for_metrics(torch.stack([num_masked, num_valid]).to(torch.int64))

@@ -22,6 +22,8 @@ INVALID = [
     ("entropy_mask_ratio", "lots"),
     ("entropy_mask_ratio", True),
     ("entropy_mask_ratio", None),
+    ("entropy_mask_selection", "median"),
+    ("entropy_mask_selection", None),
     ("entropy_mask_scope", "token"),
     ("entropy_mask_scope", None),
     ("entropy_source", "teacher"),
@@ -59,6 +61,8 @@ def test_invalid_value_names_option_and_value(tmp_path, option, value):
         ("entropy_mask_ratio", 0.0, 0.0),
         ("entropy_mask_ratio", "0.3", 0.3),
         ("entropy_mask_ratio", 0.999, 0.999),
+        ("entropy_mask_selection", "highest", "highest"),
+        ("entropy_mask_selection", "random", "random"),
         ("entropy_mask_scope", "batch", "batch"),
         ("entropy_source", "initial", "initial"),
         ("slow_tuning_tau", None, None),
@@ -85,6 +89,7 @@ def test_defaults_are_stock_sft(tmp_path):
     assert not config.uses_online_lem and not config.uses_initial_lem
     assert config.slowed_dict() == {
         "entropy_mask_ratio": 0.0,
+        "entropy_mask_selection": "lowest",
         "entropy_mask_scope": "sequence",
         "entropy_source": "online",
         "slow_tuning_tau": None,

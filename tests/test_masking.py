@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from slowed.masking import kept_token_count, low_entropy_keep_mask
+from slowed.masking import kept_token_count, low_entropy_keep_mask, selection_scores
 
 
 def naive_keep(
@@ -131,3 +131,28 @@ def test_invalid_arguments_are_named(kwargs, message):
 def test_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match=r"entropy \(2, 3\) and valid \(2, 4\)"):
         low_entropy_keep_mask(torch.zeros(2, 3), torch.ones(2, 4, dtype=torch.bool), 0.1)
+
+
+def test_highest_selection_drops_the_highest_entropies():
+    entropy = torch.tensor([[0.5, 0.1, 0.3, 0.9, 0.2]])
+    valid = torch.tensor([[1, 1, 1, 1, 0]], dtype=torch.bool)
+    keep = low_entropy_keep_mask(selection_scores(entropy, "highest"), valid, 0.5)
+    # 4 valid, 2 dropped: the two highest valid entropies, 0.9 (col 3) and 0.5 (col 0).
+    assert keep.tolist() == [[False, True, True, False, False]]
+
+
+def test_random_selection_drops_the_same_count_reproducibly_per_seed():
+    entropy = torch.rand(4, 30)
+    valid = torch.rand(4, 30) > 0.2
+    masks = []
+    for seed in (0, 0, 1):
+        scores = selection_scores(entropy, "random", torch.Generator().manual_seed(seed))
+        masks.append(low_entropy_keep_mask(scores, valid, 0.4))
+    lowest = low_entropy_keep_mask(entropy, valid, 0.4)
+    for keep in masks:
+        assert keep.sum(dim=1).tolist() == lowest.sum(dim=1).tolist()  # same count per sequence
+        assert not (keep & ~valid).any()
+    assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
+    assert not torch.equal(masks[0], lowest)
+    with pytest.raises(ValueError, match="entropy_mask_selection must be one of"):
+        selection_scores(entropy, "median")

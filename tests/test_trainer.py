@@ -121,7 +121,7 @@ def reference_entropy_nll(model, input_ids, attention_mask, grad: bool = False):
 
 
 def naive_masked_positions(entropy_rows: list[list[float]], valid_rows: list[list[bool]], ratio, scope):
-    """Set of (row, t) dropped: the floor(ratio·n) lowest entropies per row (or over the batch), earlier first."""
+    """Set of (row, t) dropped: the floor(ratio·n) lowest values per row (or over the batch), earlier first."""
     groups = (
         [[(r, t) for r in range(len(valid_rows)) for t in range(len(valid_rows[r])) if valid_rows[r][t]]]
         if scope == "batch"
@@ -138,13 +138,25 @@ def naive_masked_positions(entropy_rows: list[list[float]], valid_rows: list[lis
 
 
 @pytest.mark.parametrize(
-    ("scope", "loss_type"),
-    [("sequence", "nll"), ("batch", "nll"), ("sequence", "dft")],
-    ids=["seq", "batch", "dft"],
+    ("scope", "loss_type", "selection"),
+    [
+        ("sequence", "nll", "lowest"),
+        ("batch", "nll", "lowest"),
+        ("sequence", "dft", "lowest"),
+        ("sequence", "nll", "highest"),
+    ],
+    ids=["seq", "batch", "dft", "highest"],
 )
-def test_online_lem_loss_and_gradient_match_float64_reference(tokenizer, dataset, tmp_path, scope, loss_type):
+def test_online_lem_loss_and_gradient_match_float64_reference(
+    tokenizer, dataset, tmp_path, scope, loss_type, selection
+):
     args = make_args(
-        SLowEDConfig, tmp_path, entropy_mask_ratio=RATIO, entropy_mask_scope=scope, loss_type=loss_type
+        SLowEDConfig,
+        tmp_path,
+        entropy_mask_ratio=RATIO,
+        entropy_mask_scope=scope,
+        loss_type=loss_type,
+        entropy_mask_selection=selection,
     )
     trainer = SLowEDTrainer(
         sharp_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer
@@ -159,7 +171,8 @@ def test_online_lem_loss_and_gradient_match_float64_reference(tokenizer, dataset
 
     entropy, nll = reference_entropy_nll(model, batch["input_ids"], batch["attention_mask"], grad=True)
     valid = batch["labels"][:, 1:] != -100
-    dropped = naive_masked_positions(entropy.tolist(), valid.tolist(), RATIO, scope)
+    ranking = entropy if selection == "lowest" else -entropy  # "highest" drops the largest entropies first
+    dropped = naive_masked_positions(ranking.tolist(), valid.tolist(), RATIO, scope)
     kept = [(r, t) for r, t in valid.nonzero().tolist() if (r, t) not in dropped]
     # DFT (TRL's loss_type="dft") weights each token's NLL by its detached probability.
     weight = torch.exp(-nll).detach() if loss_type == "dft" else torch.ones_like(nll)
@@ -173,6 +186,38 @@ def test_online_lem_loss_and_gradient_match_float64_reference(tokenizer, dataset
         scale = param.grad.abs().max().item()
         assert (grads[name] - param.grad).abs().max().item() <= 1e-5 * scale + 1e-8, name
     assert trainer._masked_window == [len(dropped), int(valid.sum())]
+
+
+def test_random_selection_masks_at_the_same_rate_and_repeats_per_seed(tokenizer, dataset, tmp_path):
+    def run(seed: int, output: str):
+        args = make_args(
+            SLowEDConfig,
+            tmp_path / output,
+            entropy_mask_ratio=RATIO,
+            entropy_mask_selection="random",
+            seed=seed,
+            data_seed=0,
+        )
+        trainer = SLowEDTrainer(
+            sharp_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+        trainer.train()
+        return trainer
+
+    first, again, other = run(0, "a"), run(0, "b"), run(1, "c")
+    assert train_losses(first) == train_losses(again)
+    assert train_losses(first) != train_losses(other)
+
+    # One loss call: floor(k·n) of each sequence's n completion tokens dropped, as with the lowest-entropy mask,
+    # and the loss normalised by the kept count.
+    batch = first.data_collator([first.train_dataset[i] for i in range(5)])
+    valid = batch["labels"][:, 1:] != -100
+    masked = sum(math.floor(RATIO * int(n)) for n in valid.sum(dim=1))
+    first._masked_window = [0, 0]
+    num_items = first._get_num_items_in_batch([batch], torch.device("cpu"))
+    first.compute_loss(first.model.train(), dict(batch), num_items_in_batch=num_items)
+    assert masked > 0 and first._masked_window == [masked, int(valid.sum())]
+    assert int(num_items) == int(valid.sum()) - masked
 
 
 def test_padding_free_batch_masks_per_sequence_like_padded_batch(tokenizer, dataset, tmp_path):
