@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,6 +54,8 @@ from slowed.collator import KEEP_COLUMN, NUM_MASKED_KEY, MaskingCollator
 from slowed.config import SLowEDConfig
 from slowed.masking import kept_token_count, low_entropy_keep_mask, selection_scores
 from slowed.slow_tuning import SlowTuningCallback, check_lora_projectable
+
+logger = logging.getLogger(__name__)
 
 SLOWED_CONFIG_NAME = "slowed_config.json"
 MASKED_FRACTION_KEY = "slowed/masked_fraction"
@@ -290,6 +293,7 @@ class SLowEDTrainer(SFTTrainer):
         if args.uses_initial_lem:
             self.train_dataset = self._add_initial_keep_masks(self.train_dataset)
             self.data_collator = MaskingCollator(self.data_collator)
+        logger.info("SLowED knobs: %s", json.dumps(args.slowed_dict()))
 
     # ----------------------------------------------------------------------------------- construction checks
 
