@@ -26,10 +26,10 @@ from typing import Any
 from trl import SFTConfig
 
 from slowed.masking import MASK_SCOPES, MASK_SELECTIONS
+from slowed.slow_tuning import INTERVAL_NAMES as SLOW_TUNING_INTERVAL_NAMES
+from slowed.slow_tuning import SCOPES as SLOW_TUNING_SCOPES
 
 ENTROPY_SOURCES: tuple[str, ...] = ("online", "initial")
-SLOW_TUNING_SCOPES: tuple[str, ...] = ("global", "module")
-SLOW_TUNING_INTERVAL_NAMES: tuple[str, ...] = ("epoch", "step")
 # The knobs recorded in `slowed_config.json` next to the trained weights.
 SLOWED_FIELDS: tuple[str, ...] = (
     "entropy_mask_ratio",

@@ -182,16 +182,11 @@ def _lora_factors(model: nn.Module, adapter_name: str) -> list[_LoraFactors]:
     return factors
 
 
-def _warn_unconstrained(model: nn.Module, factors: list[_LoraFactors]) -> None:
-    covered = {id(p) for f in factors for p in (f.lora_A, f.lora_B)}
-    others = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
-    if others:
-        logger.warning(
-            "Slow Tuning constrains only the LoRA factors; %d other trainable parameters (e.g. %s, from "
-            "modules_to_save or bias training) are not kept near W0",
-            len(others),
-            ", ".join(others[:3]),
-        )
+def unconstrained_parameters(model: nn.Module, adapter_name: str = "default") -> list[str]:
+    """Names of trainable parameters outside the LoRA factors of `adapter_name` (modules_to_save, biases, ...):
+    Slow Tuning does not keep them near W0. Raises like `lora_delta_norms` when the adapter cannot be projected."""
+    covered = {id(p) for f in _lora_factors(model, adapter_name) for p in (f.lora_A, f.lora_B)}
+    return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
 
 
 def check_lora_projectable(model: nn.Module, adapter_name: str = "default") -> None:
@@ -200,7 +195,14 @@ def check_lora_projectable(model: nn.Module, adapter_name: str = "default") -> N
     Also logs a warning naming trainable parameters outside the LoRA factors (modules_to_save, biases),
     which Slow Tuning does not constrain.
     """
-    _warn_unconstrained(model, _lora_factors(model, adapter_name))
+    others = unconstrained_parameters(model, adapter_name)
+    if others:
+        logger.warning(
+            "Slow Tuning constrains only the LoRA factors; %d other trainable parameters (e.g. %s, from "
+            "modules_to_save or bias training) are not kept near W0",
+            len(others),
+            ", ".join(others[:3]),
+        )
 
 
 # ------------------------------------------------------------------------------ parameter access (ZeRO-aware)

@@ -53,13 +53,12 @@ from slowed.atomic import write_atomic
 from slowed.collator import KEEP_COLUMN, NUM_MASKED_KEY, MaskingCollator
 from slowed.config import SLowEDConfig
 from slowed.masking import kept_token_count, low_entropy_keep_mask, selection_scores
-from slowed.slow_tuning import SlowTuningCallback, check_lora_projectable
+from slowed.slow_tuning import SlowTuningCallback, unconstrained_parameters
 
 logger = logging.getLogger(__name__)
 
 SLOWED_CONFIG_NAME = "slowed_config.json"
 MASKED_FRACTION_KEY = "slowed/masked_fraction"
-_LORA_FACTOR_NAMES = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
 
 
 # ------------------------------------------------------------------------------------------ sequence rows
@@ -217,7 +216,7 @@ class SLowEDTrainer(SFTTrainer):
 
     Takes the same arguments as `SFTTrainer`; `args` may be a `SLowEDConfig` (other configs are converted,
     with the SLowED knobs off). On construction it refuses model/adapter combinations that cannot work
-    (see `check_peft_config`, and `slowed.slow_tuning.check_lora_projectable` on the wrapped model), adds a
+    (see `check_peft_config`, and `slowed.slow_tuning.unconstrained_parameters` on the wrapped model), adds a
     `SlowTuningCallback` when ``slow_tuning_tau`` is set, and for ``entropy_source="initial"`` scores the
     training set with the initial student and wraps the collator in a `MaskingCollator`.
 
@@ -310,12 +309,7 @@ class SLowEDTrainer(SFTTrainer):
         """With τ set: a peft model must be plain LoRA with nothing else trainable (no DoRA, no lm_head)."""
         if not any(isinstance(module, BaseTunerLayer) for module in self.model.modules()):
             return  # full fine-tuning: W0 is snapshotted by the callback
-        check_lora_projectable(self.model)
-        unconstrained = [
-            name
-            for name, param in self.model.named_parameters()
-            if param.requires_grad and not any(factor in name for factor in _LORA_FACTOR_NAMES)
-        ]
+        unconstrained = unconstrained_parameters(self.model)
         if unconstrained:
             raise ValueError(
                 f"Slow Tuning (slow_tuning_tau={self.args.slow_tuning_tau}) constrains only the LoRA factors, but "
