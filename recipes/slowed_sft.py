@@ -38,10 +38,9 @@ Outputs in `output_dir`: the adapter (or the full model without `--use_peft`) an
 `slowed_run.json`: every SLowED knob, the model, the data, the final metrics and the log history.
 """
 
-import argparse
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +114,22 @@ class SLowEDScriptArguments:
                 f"got {self.test_fraction!r}"
             )
         self.test_fraction = float(self.test_fraction)
-        if self.builtin_num_per_task < 1:
+        ignored = self._ignored_options()
+        if ignored:
+            source = "the built-in corpus" if self.is_builtin else f"dataset_name={self.dataset_name!r}"
             raise ValueError(
-                f"SLowEDScriptArguments: `builtin_num_per_task` must be a positive integer; got "
-                f"{self.builtin_num_per_task!r}"
+                f"SLowEDScriptArguments: {', '.join(ignored)} do not apply to {source} and would be ignored; "
+                "the --*_column / --dataset_columns / --only_correct options are for file and hub corpora, the "
+                "--builtin_* options for --dataset_name builtin. Remove them."
             )
+
+    def _ignored_options(self) -> list[str]:
+        """Options set away from their defaults that the chosen source does not use."""
+        if self.is_builtin:
+            file_options = [f"{name}_column" for name in COLUMN_FIELDS] + ["dataset_columns", "only_correct"]
+            return [f"--{name}" for name in file_options if getattr(self, name) != _DEFAULTS[name]]
+        builtin_options = ("builtin_num_per_task", "builtin_seed", "builtin_tasks")
+        return [f"--{name}" for name in builtin_options if getattr(self, name) != _DEFAULTS[name]]
 
     def column_mapping(self):
         """The preset named by `dataset_columns` with the `--*_column` overrides applied."""
@@ -137,6 +147,9 @@ class SLowEDScriptArguments:
         from slowed.data import BUILTIN_SOURCE
 
         return self.dataset_name == BUILTIN_SOURCE
+
+
+_DEFAULTS = {f.name: f.default for f in fields(SLowEDScriptArguments)}
 
 
 def load_splits(script_args: SLowEDScriptArguments):
@@ -166,13 +179,9 @@ def load_splits(script_args: SLowEDScriptArguments):
     return DatasetDict({name: to_prompt_completion(split) for name, split in splits.items()})
 
 
-def last_logged(log_history: list[dict[str, Any]], *keys: str) -> tuple[str, float] | None:
-    """(key, value) of the latest log entry holding one of `keys` (earlier keys preferred within an entry)."""
-    for entry in reversed(log_history):
-        for key in keys:
-            if key in entry:
-                return key, entry[key]
-    return None
+def last_logged(log_history: list[dict[str, Any]], key: str) -> float | None:
+    """The value of `key` in the latest log entry holding it, or None."""
+    return next((entry[key] for entry in reversed(log_history) if key in entry), None)
 
 
 def final_delta_norm(trainer) -> tuple[float | None, str]:
@@ -202,7 +211,7 @@ def final_masked_fraction(trainer) -> tuple[float | None, str]:
 
     logged = last_logged(trainer.state.log_history, MASKED_FRACTION_KEY)
     if logged is not None:
-        return float(logged[1]), MASKED_FRACTION_KEY
+        return float(logged), MASKED_FRACTION_KEY
     record = trainer.slowed_record()
     if record.get("initial_eligible_tokens"):
         fraction = record["initial_masked_tokens"] / record["initial_eligible_tokens"]
@@ -265,8 +274,6 @@ def run_record(
 
 def main(script_args, training_args, model_args) -> dict[str, Any]:
     """Train with `SLowEDTrainer`, save the adapter/model to `output_dir`, write and return the run record."""
-    import transformers
-    from packaging.version import Version
     from trl import get_peft_config, get_quantization_config
 
     from slowed.atomic import write_atomic
@@ -324,23 +331,17 @@ def main(script_args, training_args, model_args) -> dict[str, Any]:
         f"  final ΔW norm: {norm} ({final['delta_norm_source']})\n"
         f"  run record: {Path(training_args.output_dir).resolve() / SUMMARY_FILE}"
     )
-    if Version(transformers.__version__) >= Version("5.18.0"):
-        trainer.end()
+    trainer.end()
     return record
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+def make_parser():
     """`TrlParser` over (SLowEDScriptArguments, SLowEDConfig, ModelConfig); `--config x.yaml`, CLI overrides."""
     from trl import ModelConfig, TrlParser
 
     from slowed.config import SLowEDConfig
 
-    dataclass_types = (SLowEDScriptArguments, SLowEDConfig, ModelConfig)
-    if subparsers is not None:
-        return subparsers.add_parser(
-            "slowed-sft", help="SLowED CoT distillation", dataclass_types=dataclass_types
-        )
-    return TrlParser(dataclass_types, prog=prog)
+    return TrlParser((SLowEDScriptArguments, SLowEDConfig, ModelConfig))
 
 
 if __name__ == "__main__":

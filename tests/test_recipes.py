@@ -180,6 +180,22 @@ def test_column_overrides_apply_on_top_of_the_preset():
     assert mapping.correct == "teacher_correct"
 
 
+@pytest.mark.parametrize(
+    ("dataset", "option", "value"),
+    [
+        ("builtin", "--answer_column", "target"),
+        ("builtin", "--dataset_columns", "teacher_bbh"),
+        ("builtin", "--only_correct", "true"),
+        ("corpus.jsonl", "--builtin_num_per_task", "3"),
+        ("corpus.jsonl", "--builtin_tasks", "word_sorting"),
+    ],
+)
+def test_options_the_source_would_ignore_are_refused(dataset, option, value):
+    base = ("--model_name_or_path", "x", "--output_dir", "out", "--bf16", "false", "--dataset_name", dataset)
+    with pytest.raises(ValueError, match=rf"{option} do not apply to .* would be ignored"):
+        parse(*base, option, value)
+
+
 @pytest.mark.parametrize("path", ACCELERATE_YAMLS, ids=lambda p: p.stem)
 def test_accelerate_configs_load(path):
     from accelerate.commands.config.config_args import load_config_from_file
@@ -228,8 +244,11 @@ def test_end_to_end_tiny_run_writes_adapter_and_record(tiny_model_dir, tmp_path)
     on_disk = json.loads((output_dir / "slowed_run.json").read_text())
     assert on_disk["slowed"]["entropy_mask_ratio"] == 0.2
     assert on_disk["slowed"]["slow_tuning_tau"] == 1e-3
+    # The rest as written in recipes/smollm2-135m/slowed.yaml.
+    written = yaml.safe_load((RECIPES / "smollm2-135m" / "slowed.yaml").read_text())
     for knob in ("entropy_mask_scope", "entropy_source", "slow_tuning_scope", "slow_tuning_interval"):
-        assert on_disk["slowed"][knob] == getattr(training_args, knob)
+        assert on_disk["slowed"][knob] == written[knob]
+    assert on_disk["slowed"]["entropy_mask_selection"] == "lowest"  # not in the YAML: the default
     assert on_disk["model"]["requested"] == str(tiny_model_dir)
     assert on_disk["model"]["peft"]["r"] == 2
     assert on_disk["data"]["num_rows"] == {"train": 6, "test": 2}
@@ -338,6 +357,7 @@ def test_paper_recipe_trains_its_architecture_at_tiny_scale(recipe, architecture
         str(model_dir),
         "--dataset_name",
         "builtin",
+        *("--dataset_columns", "default", "--only_correct", "false"),  # the YAML's teacher-file options
         "--builtin_num_per_task",
         "5",
         *(
