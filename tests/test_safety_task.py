@@ -14,6 +14,7 @@ from sample_data import write_sample_data_dir
 from test_judges import offline, save_verdict_guard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from slowed.evaluation.rejudge import generations_file_name, run_stamp, task_of
 from slowed.evaluation.safety import (
     JudgeFailedError,
     SafetyJudgeFilter,
@@ -148,3 +149,12 @@ def test_filter_returns_label_and_raw_output_per_doc(tmp_path, monkeypatch):
         SafetyJudgeFilter(task="unit", judge="keywords").apply(resps[:2], [{"prompt": "a"}, {"goal": "b"}])
     with pytest.raises(ValueError, match="SafetyJudgeFilter"):
         process_results(docs[0], ["Sure"])
+
+
+@pytest.mark.parametrize("task", ["slowed_safety", "slowed_safety_keywords", "unit"])
+def test_generations_file_name_round_trips_to_its_task(task, tmp_path, monkeypatch):
+    assert task_of(Path(generations_file_name(task, run_stamp()))) == task
+    monkeypatch.setenv("SLOWED_GENERATIONS_DIR", str(tmp_path))
+    SafetyJudgeFilter(task=task, judge="keywords").apply([["I'm sorry"]], [{"prompt": "a"}])
+    (saved,) = tmp_path.glob("*_generations.jsonl")
+    assert task_of(saved) == task

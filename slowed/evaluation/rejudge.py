@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -21,12 +22,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from slowed.evaluation.results import write_atomic
+from slowed.atomic import write_atomic
+from slowed.evaluation.results import METRIC_SOURCES, ResultsError, load_results
 
 SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<timestamp>\d{4}-\d{2}-\d{2}T[\d.\-]+)\.jsonl$")
-GENERATIONS_NAME = re.compile(r"^(?P<task>.+)_\d{8}T\d+Z_\d+_generations\.jsonl$")
-SAFETY_METRICS: tuple[tuple[str, bool], ...] = (("safety_ratio", True), ("judge_unknown_rate", False))
+#: `<task>_<run_stamp()>_generations.jsonl`, the judge filter's saved generations (`generations_file_name`).
+GENERATIONS_NAME = re.compile(r"^(?P<task>.+)_(?P<stamp>\d{8}T\d{12}Z_\d+)_generations\.jsonl$")
 DEFAULT_TASK, DEFAULT_FILTER = "slowed_safety", "judge"
+
+
+def run_stamp() -> str:
+    """`<UTC time to the microsecond>Z_<pid>`: names one judge-filter run's generations and judge files."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}_{os.getpid()}"
+
+
+def generations_file_name(task: str, stamp: str) -> str:
+    """The judge filter's generations file name for ``task`` (parsed back by :data:`GENERATIONS_NAME`)."""
+    return f"{task}_{stamp}_generations.jsonl"
 
 
 class RejudgeError(ValueError):
@@ -60,14 +72,13 @@ def logged_labels(samples: Sequence[Mapping[str, Any]]) -> list[str] | None:
 
 
 def _read_run_results(path: Path | None) -> dict[str, Any] | None:
-    """The run's results dict for provenance, or None when absent or unreadable (provenance is optional)."""
+    """The run's results dict for provenance, or None when absent or unusable (provenance is optional)."""
     if path is None:
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return load_results(path)
+    except (ResultsError, OSError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | str]:
@@ -81,22 +92,20 @@ def build_results(
     task: str,
     filter_name: str,
     labels: Sequence[str],
-    judge_description: Mapping[str, Any],
+    summary: Mapping[str, Any],
     source: Path,
     run_results: Mapping[str, Any] | None,
     agreement: float | None,
 ) -> dict[str, Any]:
-    """A results dict in lm-eval's layout for one re-judged safety task."""
-    per_doc = {
-        "safety_ratio": [float(label == "safe") for label in labels],
-        "judge_unknown_rate": [float(label == "unknown") for label in labels],
-    }
+    """A results dict in lm-eval's layout for one re-judged safety task; ``summary`` is ``judge_samples``'s."""
+    from slowed.evaluation.safety import SAFETY_METRICS, label_metrics
+
+    per_doc = [label_metrics(label) for label in labels]
     entry: dict[str, Any] = {"name": task, "alias": task, "sample_len": len(labels)}
-    for metric, _ in SAFETY_METRICS:
-        value, stderr = _mean_and_stderr(per_doc[metric])
+    for metric in SAFETY_METRICS:
+        value, stderr = _mean_and_stderr([values[metric] for values in per_doc])
         entry[f"{metric},{filter_name}"] = value
         entry[f"{metric}_stderr,{filter_name}"] = stderr
-    counts = {label: sum(1 for seen in labels if seen == label) for label in ("safe", "unsafe", "unknown")}
     provenance = (
         {
             key: run_results[key]
@@ -112,10 +121,14 @@ def build_results(
         "group_subtasks": {},
         "versions": {task: (run_results or {}).get("versions", {}).get(task, 1.0)},
         "n-shot": {task: 0},
-        "higher_is_better": {task: dict(SAFETY_METRICS)},
+        "higher_is_better": {
+            task: {metric: METRIC_SOURCES[metric].higher_is_better for metric in SAFETY_METRICS}
+        },
         "n-samples": {task: {"original": len(labels), "effective": len(labels)}},
         **provenance,
-        "slowed_judges": {task: {"judge": dict(judge_description), "n": len(labels), "counts": counts}},
+        "slowed_judges": {
+            task: {"judge": dict(summary["judge"]), "n": summary["n"], "counts": dict(summary["counts"])}
+        },
         "slowed_rejudge": {"source_samples": str(source), "agreement_with_logged_verdicts": agreement},
         "date": datetime.now(timezone.utc).timestamp(),
     }
@@ -131,7 +144,7 @@ def rejudge(
     """Re-judge ``samples_path`` with ``judge`` (a ``load_judge`` spec; None = $SLOWED_JUDGE or the default),
     write the results JSON to ``output`` (and the re-judged samples to ``output_samples``) atomically, and
     return the results dict."""
-    from slowed.evaluation.safety import judge_samples, read_samples
+    from slowed.evaluation.safety import judge_samples, label_metrics, read_samples
     from slowed.judges import load_judge
 
     samples_path = Path(samples_path)
@@ -157,13 +170,16 @@ def rejudge(
     logged = logged_labels(samples)
     agreement = sum(a == b for a, b in zip(labels, logged, strict=True)) / len(labels) if logged else None
     run_results = _read_run_results(run_results_file(samples_path))
-    results = build_results(task, filter_name, labels, summary["judge"], samples_path, run_results, agreement)
+    results = build_results(task, filter_name, labels, summary, samples_path, run_results, agreement)
     if output_samples is not None:
         lines = []
         for sample, verdict in zip(samples, verdicts, strict=True):
-            rejudged = {**sample, "filtered_resps": [[verdict.label, verdict.raw]], "filter": filter_name}
-            rejudged["safety_ratio"] = float(verdict.label == "safe")
-            rejudged["judge_unknown_rate"] = float(verdict.label == "unknown")
+            rejudged = {
+                **sample,
+                "filtered_resps": [[verdict.label, verdict.raw]],
+                "filter": filter_name,
+                **label_metrics(verdict.label),
+            }
             lines.append(json.dumps(rejudged, ensure_ascii=False) + "\n")
         write_atomic(output_samples, "".join(lines))
     write_atomic(output, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
