@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import datasets
 
 from slowed.data import CANONICAL_FEATURES
+from slowed.prompting import ANSWER_SENTENCE
 
 Example = tuple[str, str, str]  # (question, rationale, answer)
 
@@ -72,7 +73,8 @@ def _multistep_arithmetic(rng: random.Random) -> Example:
             "Inside a bracket, multiplication comes before addition and subtraction.",
             f"Let's calculate A = {' = '.join(a_steps)}.",
             f"Let's calculate B = {' = '.join(b_steps)}.",
-            f"Then, the final equation is A {outer} B = {a} {outer} {b} = {answer}. So the answer is {answer}.",
+            f"Then, the final equation is A {outer} B = {a} {outer} {b} = {answer}. "
+            + ANSWER_SENTENCE.format(answer=answer),
         ]
     )
     return f"({a_text} {outer} {b_text}) =", rationale, answer
@@ -137,7 +139,7 @@ def _boolean_expressions(rng: random.Random) -> Example:
             'Brackets are evaluated first; then "not", then "and", then "or". One step at a time:',
             "Z = " + " ".join(steps[0]),
             *("= " + " ".join(step) for step in steps[1:]),
-            f"So the answer is {answer}.",
+            ANSWER_SENTENCE.format(answer=answer),
         ]
     )
     return " ".join(tokens) + " is", rationale, answer
@@ -244,7 +246,8 @@ def _object_counting(rng: random.Random) -> Example:
             *(f"- {name} ({quantity})" for name, quantity in counted),
             "Now, let's add the numbers in parentheses: "
             + " + ".join(str(quantity) for _, quantity in counted)
-            + f" = {answer}. So the answer is {answer}.",
+            + f" = {answer}. "
+            + ANSWER_SENTENCE.format(answer=answer),
         ]
     )
     return f"I have {listing}. How many {category} do I have?", rationale, answer
@@ -300,7 +303,9 @@ def _word_sorting(rng: random.Random) -> Example:
     words = rng.sample(SORTING_WORDS, rng.randint(3, 6))
     lines: list[str] = []
     answer = " ".join(_order_group(words, lines))
-    rationale = "\n".join([*lines, f"Hence the sorted list is: {answer}. So the answer is {answer}."])
+    rationale = "\n".join(
+        [*lines, f"Hence the sorted list is: {answer}. " + ANSWER_SENTENCE.format(answer=answer)]
+    )
     return f"Sort the following words alphabetically: List: {' '.join(words)}", rationale, answer
 
 
@@ -330,7 +335,7 @@ def _dyck_languages(rng: random.Random) -> Example:
     answer = " ".join(_CLOSING[opening] for opening in reversed(stack))
     lines += [
         f'Now, we have reached the end. The final stack is "{" ".join(stack)}".',
-        f"Closing it from the top needs: {answer}. So the answer is {answer}.",
+        f"Closing it from the top needs: {answer}. " + ANSWER_SENTENCE.format(answer=answer),
     ]
     question = (
         "Complete the rest of the sequence, making sure that the parentheses are closed properly. "

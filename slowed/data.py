@@ -217,12 +217,12 @@ def to_prompt_completion(dataset: datasets.Dataset) -> datasets.Dataset:
     (the rationale's own trailing answer sentence replaced by "So the answer is <answer>.").
     ``question``, ``rationale`` and ``answer`` are dropped; every other column (task, index) is kept.
     """
-    missing = [c for c in ("question", "rationale", "answer") if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"to_prompt_completion needs columns question, rationale, answer; missing {missing}")
     clashing = [c for c in ("prompt", "completion") if c in dataset.column_names]
     if clashing:
         raise ValueError(f"dataset already has {clashing}; it looks converted already")
+    missing = [c for c in ("question", "rationale", "answer") if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"to_prompt_completion needs columns question, rationale, answer; missing {missing}")
 
     def convert(row: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
         return {

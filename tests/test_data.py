@@ -426,5 +426,10 @@ def test_prompt_completion_refuses_other_tables():
     with pytest.raises(ValueError, match=r"missing \['rationale', 'answer'\]"):
         to_prompt_completion(datasets.Dataset.from_list([{"question": "Q"}]))
     converted = to_prompt_completion(datasets.Dataset.from_list([ROWS[0]]))
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(
+        ValueError, match=r"already has \['prompt', 'completion'\]; it looks converted already"
+    ):
         to_prompt_completion(converted)
+    # A table with the canonical columns and a prompt column would have that column overwritten.
+    with pytest.raises(ValueError, match="converted already"):
+        to_prompt_completion(datasets.Dataset.from_list([{**ROWS[0], "prompt": "p"}]))
