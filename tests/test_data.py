@@ -339,9 +339,14 @@ def test_split_ignores_row_order_and_other_tasks_but_follows_the_seed():
 
 
 def test_split_keeps_row_order_columns_and_the_edges():
-    dataset = datasets.Dataset.from_list(task_rows("a", 12))
+    rows = task_rows("a", 12)
+    random.Random(0).shuffle(rows)  # input order differs from index order
+    dataset = datasets.Dataset.from_list(rows)
     parts = split_by_task_index(dataset, 0.5)
-    assert parts["test"]["index"] == sorted(parts["test"]["index"])
+    input_order = [row["index"] for row in rows]
+    for part in ("train", "test"):
+        assert parts[part]["index"] == [i for i in input_order if i in set(parts[part]["index"])]
+    assert parts["test"]["index"] != sorted(parts["test"]["index"])
     assert parts["train"].column_names == dataset.column_names
     assert len(split_by_task_index(dataset, 0.0)["test"]) == 0
     assert len(split_by_task_index(dataset, 1.0)["train"]) == 0
