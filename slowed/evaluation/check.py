@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from slowed.atomic import write_atomic
 from slowed.evaluation.results import (
     HIGHER_IS_BETTER,
     METRIC_NAMES,
@@ -22,7 +23,6 @@ from slowed.evaluation.results import (
     find_results_files,
     metrics_from_file,
     missing_metric_message,
-    write_atomic,
 )
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_UNUSABLE = 0, 1, 2

@@ -20,10 +20,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from slowed.evaluation.results import attach_slowed_records
+from slowed.evaluation.results import attach_slowed_records, output_folder
 from slowed.evaluation.tasks import TASK_DIR, include_paths
 
 
@@ -96,12 +95,11 @@ def run_lm_eval(argv: Sequence[str]) -> int:
     output_path = getattr(args, "output_path", None)
     if output_path and not os.environ.get(GENERATIONS_DIR_ENV, "").strip():
         # Saved generations and judge sidecars land next to lm-eval's own results.
-        folder = Path(output_path).parent if output_path.endswith(".json") else Path(output_path)
-        os.environ[GENERATIONS_DIR_ENV] = str(folder / "slowed-generations")
+        os.environ[GENERATIONS_DIR_ENV] = str(output_folder(output_path) / "slowed-generations")
     started = time.time()
     harness.execute(args)
-    if getattr(args, "output_path", None):
-        attach_slowed_records(args.output_path, started, getattr(args, "model_args", None))
+    if output_path:
+        attach_slowed_records(output_path, started, getattr(args, "model_args", None))
     return 0
 
 

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from slowed.atomic import write_atomic
 from slowed.evaluation.results import (
     METRIC_NAMES,
     ResultsError,
     find_results_files,
     load_results,
-    metrics_from_results,
-    write_atomic,
+    metrics_from_loaded,
 )
 
 COLUMN_TITLES: dict[str, str] = {
@@ -57,10 +57,7 @@ def collect_rows(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
     rows = []
     for index, path in enumerate(files):
         data = load_results(path)
-        try:
-            metrics = metrics_from_results(data)
-        except ResultsError as error:
-            raise ResultsError(f"{path}: {error}") from error
+        metrics = metrics_from_loaded(path, data)
         if not metrics:
             tasks = ", ".join(sorted(data["results"])[:8]) or "none"
             raise ResultsError(

@@ -145,14 +145,23 @@ def metrics_from_results(results: Mapping[str, Any]) -> dict[str, float]:
     return {name: metrics[name] for name in METRIC_NAMES if name in metrics}
 
 
+def metrics_from_loaded(path: str | Path, data: Mapping[str, Any]) -> dict[str, float]:
+    """:func:`metrics_from_results` of ``data`` read from ``path`` (:func:`load_results`), errors naming it."""
+    try:
+        return metrics_from_results(data)
+    except ResultsError as error:
+        raise ResultsError(f"{path}: {error}") from error
+
+
 def metrics_from_file(path: str | Path) -> dict[str, float]:
     """:func:`metrics_from_results` of one results file, errors naming the file."""
-    try:
-        return metrics_from_results(load_results(path))
-    except ResultsError as error:
-        if str(path) in str(error):
-            raise
-        raise ResultsError(f"{path}: {error}") from error
+    return metrics_from_loaded(path, load_results(path))
+
+
+def output_folder(output_path: str | Path) -> Path:
+    """The folder lm-eval writes into for ``--output_path``: the parent of a ``.json`` path, else itself."""
+    output_path = Path(output_path)
+    return output_path.parent if output_path.suffix == ".json" else output_path
 
 
 def judge_records_for(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -204,10 +213,11 @@ def attach_slowed_records(output_path: str | Path, since: float, model_args: Any
     or a ``.json`` path it suffixes with a timestamp) at or after ``since`` (``time.time()``, less 1 s for
     coarse file-system clocks); rewrites each atomically and returns them."""
     output_path = Path(output_path)
-    if output_path.suffix == ".json":
-        candidates = output_path.parent.glob(f"{output_path.stem}_*.json")
+    folder = output_folder(output_path)
+    if folder != output_path:
+        candidates = folder.glob(f"{output_path.stem}_*.json")
     else:
-        candidates = output_path.rglob("results_*.json")
+        candidates = folder.rglob("results_*.json")
     updated = []
     for path in sorted(candidates):
         if path.stat().st_mtime < since - 1.0:
