@@ -33,11 +33,10 @@ _PLACEHOLDER = re.compile(r"\{(prompt|response)\}")
 
 @dataclass(frozen=True)
 class GuardPreset:
-    """A known guard: hub model id, prompt template (or `CHAT_TEMPLATE`) and new-token budget."""
+    """A known guard: hub model id and prompt template (or `CHAT_TEMPLATE`)."""
 
     model: str
     template: str
-    max_new_tokens: int = 20
 
 
 GUARD_PRESETS: dict[str, GuardPreset] = {
@@ -120,9 +119,7 @@ class GuardModelJudge(Judge):
         if name not in GUARD_PRESETS:
             raise ValueError(f"unknown guard preset {name!r}; choose one of {sorted(GUARD_PRESETS)}")
         preset = GUARD_PRESETS[name]
-        options: dict[str, Any] = {"max_new_tokens": preset.max_new_tokens, "template_name": name}
-        options.update(kwargs)
-        return cls(preset.model, preset.template, **options)
+        return cls(preset.model, preset.template, **{"template_name": name, **kwargs})
 
     def _load(self, dtype: str | torch.dtype | None):
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -70,8 +70,6 @@ def load_judge(spec: str | None = None, **guard_options: Any) -> Judge:
             f"preset name, 'chat' (the guard's chat template), or a file whose template has {{response}}"
         )
     template, template_name = read_template_spec(template_spec)
-    if template_name in GUARD_PRESETS:
-        options.setdefault("max_new_tokens", GUARD_PRESETS[template_name].max_new_tokens)
     return GuardModelJudge(spec, template, template_name=template_name, **options)
 
 
