@@ -33,6 +33,7 @@ MC_QUESTION = "Which day?\nOptions:\n(A) Monday\n(B) Tuesday\n(C) Wednesday"
         ("So the answer is (B). Because Tuesday follows Monday.", "(B)"),
         ("So the answer is (B)\nExtra line.", "(B)"),
         ("So the answer is\n(D)", "(D)"),
+        ("So the answer is \n \n x", "x"),
         ("So the answer is ] ) }.", "] ) }"),
         ("So the answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
         ('So the answer is "yes".', "yes"),

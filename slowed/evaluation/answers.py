@@ -47,8 +47,7 @@ def extract_answer(text: str) -> str | None:
     matches = list(_ANSWER_IS.finditer(text))
     if not matches:
         return None
-    rest = text[matches[-1].end() :].lstrip(" \t:")
-    rest = rest.lstrip("\n").lstrip(" \t:")
+    rest = text[matches[-1].end() :].lstrip(" \t\r\n:")
     rest = _unwrap_boxed(rest)
     end = _SENTENCE_END.search(rest)
     answer = rest[: end.start()] if end else rest
@@ -112,6 +111,11 @@ def choice_from_answer(answer: str | None, question: str) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def _canonical_number(value: float) -> str:
+    """``5.0`` -> "5", ``3.5`` -> "3.5": one spelling per number."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def normalize_free_form(answer: str) -> str:
     """Lower case, single spaces, no surrounding punctuation or quotes; numbers in canonical form."""
     text = " ".join(_strip_decorations(answer).split()).lower()
@@ -119,7 +123,7 @@ def normalize_free_form(answer: str) -> str:
     number = text.replace(",", "").replace("−", "-")
     if _NUMBER.match(number):
         value = float(number)
-        return str(int(value)) if value.is_integer() else repr(value)
+        return _canonical_number(value)
     return text
 
 
@@ -167,7 +171,7 @@ def normalize_math(answer: str) -> str:
     number = text.replace(",", "")
     if re.fullmatch(r"-?\d+(?:\.\d+)?|-?\.\d+", number):
         value = float(number)
-        return str(int(value)) if value.is_integer() else repr(value)
+        return _canonical_number(value)
     return text
 
 
