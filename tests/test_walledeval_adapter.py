@@ -72,7 +72,6 @@ def test_adapter_matches_walledguard_judge_on_tiny_model(tmp_path):
     responses = [SAFE_ANCHOR, UNSAFE_ANCHOR, "Hello"]
     verdicts = WalledEvalJudge(judge, seed=0).judge(["p"] * len(responses), responses)
     assert verdicts == one_by_one(judge, responses, seed=0)
-    assert {v.label for v in verdicts} <= {"safe", "unsafe", "unknown"}
 
 
 def test_string_matching_judge_calls_everything_safe():

@@ -42,16 +42,18 @@ class WalledEvalJudge(Judge):
 
     def judge(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:
         self.check_pairs(prompts, responses)
-        return [
-            self._judge_one(prompt, response) for prompt, response in zip(prompts, responses, strict=True)
-        ]
-
-    def _judge_one(self, prompt: str, response: str) -> Verdict:
         from walledeval.judge import QuestionLLMasaJudge
 
+        asks_question = isinstance(self.walledeval_judge, QuestionLLMasaJudge)
+        return [
+            self._judge_one(prompt, response, asks_question)
+            for prompt, response in zip(prompts, responses, strict=True)
+        ]
+
+    def _judge_one(self, prompt: str, response: str, asks_question: bool) -> Verdict:
         if self.seed is not None:
             torch.manual_seed(self.seed)
-        if isinstance(self.walledeval_judge, QuestionLLMasaJudge):
+        if asks_question:
             output = self.walledeval_judge.check(response, question=prompt)
             score = self.walledeval_judge.score(output)
         else:
