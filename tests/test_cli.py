@@ -182,11 +182,9 @@ def test_judge_rejudges_logged_samples_with_keywords(tmp_path, capsys):
     entry = result["results"]["slowed_safety"]
     assert entry["safety_ratio,judge"] == 2 / 4
     assert entry["judge_unknown_rate,judge"] == 1 / 4
-    labels = [label for _, _, label in rows]
     assert result["slowed_judges"]["slowed_safety"]["counts"] == {"safe": 2, "unsafe": 1, "unknown": 1}
     assert result["slowed_judges"]["slowed_safety"]["judge"]["kind"] == "refusal_keywords"
-    agreement = sum(a == b for a, b in zip(labels, logged, strict=True)) / 4
-    assert result["slowed_rejudge"]["agreement_with_logged_verdicts"] == agreement
+    assert result["slowed_rejudge"]["agreement_with_logged_verdicts"] == 3 / 4  # all but the first row
     assert result["model_name"] == "ckpt/epoch-3"
     assert "agreement with the verdicts logged" in capsys.readouterr().out
     assert main(["check", str(output), "--min", "safety_ratio=0.5", "--max", "judge_unknown_rate=0.25"]) == 0

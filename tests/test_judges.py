@@ -4,6 +4,7 @@ refusal-keyword judge on hand-written cases, and `load_judge` spec parsing and e
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -75,12 +76,19 @@ def verdict_guard_dir(tmp_path_factory) -> Path:
     return save_verdict_guard(tmp_path_factory.mktemp("verdict-guard"))
 
 
-def reference_guard_outputs(model_dir: Path, template: str, max_new_tokens: int) -> list[str]:
-    """Each pair alone, unpadded, through plain `generate(do_sample=False)`: the one-at-a-time reference."""
+def reference_guard_outputs(
+    model_dir: Path,
+    template: str,
+    max_new_tokens: int,
+    prompts: Sequence[str] = PROMPTS,
+    responses: Sequence[str] = RESPONSES,
+) -> list[str]:
+    """Each pair alone, unpadded, through plain `generate(do_sample=False)`: the one-at-a-time reference
+    (the model-card usage); the model is loaded once for all pairs."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     outputs = []
-    for prompt, response in zip(PROMPTS, RESPONSES, strict=True):
+    for prompt, response in zip(prompts, responses, strict=True):
         if template == CHAT_TEMPLATE:
             conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
             text = tokenizer.apply_chat_template(conversation, tokenize=False)

@@ -7,12 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 from sample_data import write_sample_data_dir
-from test_judges import offline, save_verdict_guard
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from test_judges import offline, reference_guard_outputs, save_verdict_guard
+from transformers import AutoTokenizer
 
 from slowed.evaluation.rejudge import generations_file_name, run_stamp, task_of
 from slowed.evaluation.safety import (
@@ -23,7 +22,7 @@ from slowed.evaluation.safety import (
     read_samples,
     recorded_judges,
 )
-from slowed.judges import REFUSAL_KEYWORDS, WALLEDGUARD_C_TEMPLATE, RefusalKeywordJudge, parse_guard_verdict
+from slowed.judges import WALLEDGUARD_C_TEMPLATE, RefusalKeywordJudge, parse_guard_verdict
 
 SAFETY_TASK_DIR = Path(__file__).resolve().parents[1] / "lm_eval_tasks" / "safety"
 LIMIT = 4
@@ -42,19 +41,6 @@ def run_safety_tasks(model_dir: Path, data_dir: Path, tasks: list[str], limit: i
         gen_kwargs="max_gen_toks=8",
         log_samples=True,
     )
-
-
-def reference_guard(model_dir: Path, response: str, max_new_tokens: int = 20) -> tuple[str, str]:
-    """WalledGuard-C model-card usage by hand: template, plain greedy `generate`, first word decides."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ids = tokenizer(WALLEDGUARD_C_TEMPLATE.replace("{response}", response), return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        out = model.generate(
-            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens
-        )
-    raw = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-    return parse_guard_verdict(raw), raw
 
 
 @pytest.fixture(scope="module")
@@ -81,25 +67,27 @@ def test_safety_tasks_end_to_end(tiny_model_dir, sample_dir, tmp_path, monkeypat
             [{"role": "user", "content": sample["doc"]["prompt"]}], add_generation_prompt=True, tokenize=False
         )
         assert sample["arguments"][0][0] == expected
-    labels = []
-    for sample in guard_samples:
-        label, raw = reference_guard(guard_dir, sample["resps"][0][0])
-        assert sample["filtered_resps"] == [[label, raw]]
-        labels.append(label)
+    prompts = [s["doc"]["prompt"] for s in guard_samples]
+    raws = reference_guard_outputs(
+        guard_dir, WALLEDGUARD_C_TEMPLATE, 20, prompts, [s["resps"][0][0] for s in guard_samples]
+    )
+    labels = [parse_guard_verdict(raw) for raw in raws]
+    assert [s["filtered_resps"] for s in guard_samples] == [
+        [[label, raw]] for label, raw in zip(labels, raws, strict=True)
+    ]
     metrics = results["results"]["slowed_safety"]
     assert metrics["safety_ratio,judge"] == pytest.approx(labels.count("safe") / LIMIT)
     assert metrics["judge_unknown_rate,judge"] == pytest.approx(labels.count("unknown") / LIMIT)
     assert results["higher_is_better"]["slowed_safety"] == {"safety_ratio": True, "judge_unknown_rate": False}
 
-    keyword_samples = results["samples"]["slowed_safety_keywords"]
-    responses = [s["resps"][0][0] for s in keyword_samples]
-    refused = [any(keyword in response for keyword in REFUSAL_KEYWORDS) for response in responses]
-    assert results["results"]["slowed_safety_keywords"]["safety_ratio,keywords"] == pytest.approx(
-        sum(refused) / LIMIT
-    )
-    empty = [not response.strip() for response in responses]
-    assert results["results"]["slowed_safety_keywords"]["judge_unknown_rate,keywords"] == pytest.approx(
-        sum(empty) / LIMIT
+    # Keyword labels on hand-written responses: test_filter_returns_label_and_raw_output_per_doc. Here: the
+    # keyword task's scores are the shares of the labels it logged per sample.
+    keyword_labels = [s["filtered_resps"][0][0] for s in results["samples"]["slowed_safety_keywords"]]
+    assert len(keyword_labels) == LIMIT
+    keyword_metrics = results["results"]["slowed_safety_keywords"]
+    assert keyword_metrics["safety_ratio,keywords"] == pytest.approx(keyword_labels.count("safe") / LIMIT)
+    assert keyword_metrics["judge_unknown_rate,keywords"] == pytest.approx(
+        keyword_labels.count("unknown") / LIMIT
     )
 
     record = recorded_judges()["slowed_safety"]
@@ -110,9 +98,7 @@ def test_safety_tasks_end_to_end(tiny_model_dir, sample_dir, tmp_path, monkeypat
     generations = read_samples(record["generations_file"])
     assert [g["resps"] for g in generations] == [s["resps"] for s in guard_samples]
     verdicts, summary = judge_samples(generations, RefusalKeywordJudge())  # re-judging a saved run
-    assert [v.label == "safe" for v in verdicts] == [
-        any(k in s["resps"][0][0] for k in REFUSAL_KEYWORDS) for s in guard_samples
-    ]
+    assert verdicts == RefusalKeywordJudge().judge(prompts, [s["resps"][0][0] for s in guard_samples])
     assert summary["n"] == LIMIT and summary["judge"]["kind"] == "refusal_keywords"
 
 
