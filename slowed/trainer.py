@@ -53,7 +53,7 @@ from slowed.atomic import write_atomic
 from slowed.collator import KEEP_COLUMN, NUM_MASKED_KEY, MaskingCollator
 from slowed.config import SLowEDConfig
 from slowed.masking import kept_token_count, low_entropy_keep_mask, selection_scores
-from slowed.slow_tuning import SlowTuningCallback, unconstrained_parameters
+from slowed.slow_tuning import SlowTuningCallback, is_zero_delta_init, unconstrained_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -173,12 +173,36 @@ def _targets_lm_head(target_modules: Any) -> bool:
     return any(str(name) == "lm_head" or str(name).endswith(".lm_head") for name in target_modules or ())
 
 
+def _check_lora_init(peft_config: PeftConfig, args: SLowEDConfig) -> None:
+    """Refuse LoRA inits that start away from the initial student when Slow Tuning or `initial` LEM needs it."""
+    init = getattr(peft_config, "init_lora_weights", True)
+    if not isinstance(peft_config, LoraConfig) or is_zero_delta_init(init):
+        return
+    users = []
+    if args.slow_tuning_tau is not None:
+        users.append(
+            f"Slow Tuning (slow_tuning_tau={args.slow_tuning_tau}) measures ΔW = s·B·A against the base"
+        )
+    if args.uses_initial_lem:
+        users.append("entropy_source='initial' scores with the adapters disabled")
+    if users:
+        raise ValueError(
+            f"LoraConfig(init_lora_weights={init!r}) is not supported here: {' and '.join(users)}, which is the "
+            "initial model only when the adapter starts at s·B·A = 0 on an untouched base weight. This init "
+            "rewrites the base to W − s·B₀·A₀ (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA) or starts at a random "
+            "s·B·A ≠ 0 (False). Use init_lora_weights=True (or 'gaussian')."
+        )
+
+
 def check_peft_config(peft_config: PeftConfig | None, args: SLowEDConfig) -> None:
     """Refuse, before any model or dataset work, a `peft_config` SLowED cannot train as asked.
 
     Always: LoRA targeting ``lm_head`` (TRL's fused LM head reads ``lm_head.weight`` directly and would
-    never train the adapter). With Slow Tuning on: any non-LoRA adapter, DoRA (ΔW is not s·B·A), and
-    ``modules_to_save`` (fully trained copies that Slow Tuning would not keep near W0).
+    never train the adapter). With Slow Tuning on or the ``initial`` entropy source: a LoRA
+    ``init_lora_weights`` that does not start at s·B·A = 0 on an untouched base (PiSSA, OLoRA, CorDA, LoftQ,
+    LoRA-GA, False; see `slowed.slow_tuning.ZERO_DELTA_INITS`), since ‖s·B·A‖ and the adapters-disabled model
+    would then not be the distance from / the initial student. With Slow Tuning on: any non-LoRA adapter, DoRA
+    (ΔW is not s·B·A), and ``modules_to_save`` (fully trained copies that Slow Tuning would not keep near W0).
     """
     if peft_config is None:
         return
@@ -188,6 +212,7 @@ def check_peft_config(peft_config: PeftConfig | None, args: SLowEDConfig) -> Non
             "head computes log-probabilities from lm_head.weight directly, so the adapter would never train. "
             "Remove 'lm_head' from target_modules."
         )
+    _check_lora_init(peft_config, args)
     if args.slow_tuning_tau is None:
         return
     if not isinstance(peft_config, LoraConfig):
