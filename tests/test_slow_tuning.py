@@ -14,7 +14,7 @@ from peft import LoHaConfig, LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from tiny_models import make_tiny_model, make_tiny_tokenizer
 from torch import nn
-from transformers import Trainer, TrainerControl, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 
 from slowed.slow_tuning import (
@@ -503,3 +503,221 @@ def test_resumed_full_finetuning_without_snapshot_is_refused(tokenizer, tmp_path
     )
     with pytest.raises(FileNotFoundError, match=REFERENCE_FILENAME):
         trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+
+
+# ------------------------------------------------------------------------- LoRA inits that do not start at 0
+
+
+def true_distances(model, originals: dict[str, torch.Tensor]) -> dict[str, float]:
+    """‖(base + s·B·A) − W_original‖_F per adapted module in float64: the real distance from the initial model."""
+    distances = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            base = module.get_base_layer().weight.detach().double()
+            delta = explicit_deltas(model)[name]
+            original_name = name.removeprefix("base_model.model.") + ".weight"
+            distances[name] = float(
+                torch.linalg.matrix_norm(base + delta - originals[original_name].double())
+            )
+    return distances
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora", False])
+def test_lora_init_away_from_zero_is_refused_at_train_begin(tokenizer, tmp_path, init):
+    base = make_tiny_model(tokenizer)
+    originals = {n: p.detach().clone() for n, p in base.named_parameters()}
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=init)
+    )
+    lora_norm = float(global_norm(lora_delta_norms(model)))
+    true_norm = math.sqrt(sum(d**2 for d in true_distances(model, originals).values()))
+    if init is False:
+        assert lora_norm > 0.01  # random start: the initial student is not the base either
+    else:
+        assert true_norm < 1e-5 < 0.01 < lora_norm  # ‖s·B·A‖ is not the distance from the initial model
+    callback = SlowTuningCallback(tau=0.1)
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"starts at s·B·A = 0.*init_lora_weights=True"):
+        callback.on_train_begin(args, TrainerState(), TrainerControl(), model=model)
+
+
+@pytest.mark.parametrize("init", [True, "gaussian", "orthogonal"])
+def test_zero_start_lora_inits_pass_the_train_begin_check(tokenizer, tmp_path, init):
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=init)
+    model = get_peft_model(make_tiny_model(tokenizer), config)
+    assert max(frobenius(explicit_deltas(model)).values()) < 1e-6
+    SlowTuningCallback(tau=0.1).on_train_begin(
+        SimpleNamespace(output_dir=str(tmp_path)), TrainerState(), TrainerControl(), model=model
+    )
+
+
+def test_resumed_lora_run_is_not_refused_for_its_trained_adapter(tokenizer, tmp_path):
+    state = TrainerState(global_step=3)
+    SlowTuningCallback(tau=0.1).on_train_begin(
+        SimpleNamespace(output_dir=str(tmp_path)),
+        state,
+        TrainerControl(),
+        model=lora_model(tokenizer, ["q_proj"]),
+    )
+
+
+@pytest.mark.parametrize("init", ["pissa", "pissa_niter_4", "olora", "corda", "lora_ga", False])
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"slow_tuning_tau": 0.1}, "Slow Tuning"),
+        ({"entropy_mask_ratio": 0.2, "entropy_source": "initial"}, "entropy_source='initial'"),
+    ],
+    ids=["slow_tuning", "initial_source"],
+)
+def test_check_peft_config_refuses_inits_that_rewrite_the_base(tmp_path, init, knobs, message):
+    from slowed.config import SLowEDConfig
+    from slowed.trainer import check_peft_config
+
+    config = LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=init)
+    args = SLowEDConfig(str(tmp_path), use_cpu=True, bf16=False, **knobs)
+    with pytest.raises(ValueError, match=rf"init_lora_weights={init!r}.*{message}.*init_lora_weights=True"):
+        check_peft_config(config, args)
+    check_peft_config(
+        config, SLowEDConfig(str(tmp_path), use_cpu=True, bf16=False, entropy_mask_ratio=0.2)
+    )  # online LEM alone: fine
+    for fine in (True, "gaussian", "eva"):
+        check_peft_config(LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=fine), args)
+
+
+# ---------------------------------------------------------------------- checkpoints when training stops early
+
+
+def test_epoch_interval_projects_a_max_steps_checkpoint_mid_epoch(tokenizer, tmp_path):
+    model = get_peft_model(
+        make_tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    tau = 0.05
+    callback = SlowTuningCallback(tau=tau)  # interval "epoch"; 8 rows / batch 2 = 4 steps per epoch
+    args = training_args(tmp_path, max_steps=3, save_steps=3)
+    Trainer(model=model, args=args, train_dataset=lm_dataset(tokenizer), callbacks=[callback]).train()
+    assert [step for step, _ in callback.history] == [3]
+    assert callback.history[0][1].norm_before > 2 * tau, "lr too low to test"
+    saved = saved_adapter_norms(tmp_path / "checkpoint-3", scaling=8 / 4)
+    assert len(saved) == 4 and math.sqrt(sum(n**2 for n in saved)) <= tau * (1 + 1e-6)
+
+
+def test_epoch_interval_projects_an_early_stopping_checkpoint_mid_epoch(tokenizer, tmp_path):
+    from transformers import EarlyStoppingCallback
+
+    model = get_peft_model(
+        make_tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    tau = 0.05
+    callback = SlowTuningCallback(tau=tau)
+    # Any change under 1e9 counts as no improvement: patience 1 stops training at the second evaluation (step 2).
+    stopper = EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1e9)
+    args = training_args(
+        tmp_path,
+        max_steps=-1,
+        num_train_epochs=1,
+        save_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        metric_for_best_model="loss",
+    )
+    dataset = lm_dataset(tokenizer)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset, eval_dataset=dataset, callbacks=[stopper, callback]
+    )
+    trainer.train()
+    assert trainer.state.global_step == 2  # stopped mid-epoch (4 steps per epoch)
+    assert [step for step, _ in callback.history] == [2]
+    assert callback.history[0][1].norm_before > 2 * tau, "lr too low to test"
+    saved = saved_adapter_norms(tmp_path / "checkpoint-2", scaling=8 / 4)
+    assert len(saved) == 4 and math.sqrt(sum(n**2 for n in saved)) <= tau * (1 + 1e-6)
+
+
+# ------------------------------------------------------------------------------ measured norms under rounding
+
+
+def test_bf16_full_finetuning_projection_is_measured_and_within_tau(tokenizer):
+    model = make_tiny_model(tokenizer).to(torch.bfloat16)
+    reference = snapshot_weights(model)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_((torch.randn(param.shape, generator=generator) * 0.02).to(torch.bfloat16))
+    tau = 0.05
+
+    def naive_norm() -> float:
+        return math.sqrt(
+            sum(
+                float((p.detach().double() - reference[n].double()).square().sum())
+                for n, p in model.named_parameters()
+            )
+        )
+
+    before = naive_norm()
+    result = project_full_(model, reference, tau)
+    after = naive_norm()
+    assert before > 10 * tau
+    assert after <= tau * (1 + 1e-6)
+    assert after > tau * 0.95  # scaled to just inside τ, not collapsed
+    assert rel_err(result.norm_after, after) < 1e-12  # the logged number is the measured one
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scope", ["global", "module"])
+def test_low_precision_lora_projection_is_measured_and_within_tau(tokenizer, dtype, scope):
+    model = lora_model(tokenizer, ["q_proj", "v_proj", "gate_proj"], b_std=0.3).to(dtype)
+    tau = 0.3 * min(frobenius(explicit_deltas(model)).values())
+    result = project_lora_(model, tau, scope=scope)
+    after = frobenius(explicit_deltas(model))
+    measured = math.sqrt(sum(n**2 for n in after.values())) if scope == "global" else max(after.values())
+    assert measured <= tau * (1 + 1e-6)
+    assert rel_err(result.norm_after, math.sqrt(sum(n**2 for n in after.values()))) < 1e-9
+
+
+# ----------------------------------------------------------------------------------------- non-finite norms
+
+
+def test_non_finite_lora_norm_raises_and_changes_nothing(tokenizer):
+    from slowed.slow_tuning import NonFiniteDeltaError
+
+    model = lora_model(tokenizer, ["q_proj", "v_proj"])
+    broken = "base_model.model.model.layers.1.self_attn.v_proj"
+    with torch.no_grad():
+        model.get_submodule(broken).lora_B["default"].weight[0, 0] = float("nan")
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    with pytest.raises(NonFiniteDeltaError, match=rf"not finite.*1 module\(s\): {broken}$") as caught:
+        project_lora_(model, 1e-3)
+    assert caught.value.modules == [broken]
+    for name, value in state.items():
+        assert torch.equal(model.get_parameter(name).isnan(), value.isnan()), name
+        assert torch.equal(model.get_parameter(name).nan_to_num(), value.nan_to_num()), name
+
+
+class BreakWeightsAt(TrainerCallback):
+    """Writes inf into one LoRA factor at the end of optimizer step `step` (a diverged update)."""
+
+    def __init__(self, step: int, module: str):
+        self.step, self.module = step, module
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                model.get_submodule(self.module).lora_B["default"].weight.fill_(float("inf"))
+
+
+@pytest.mark.parametrize("save_steps", [1, None], ids=["with_checkpoint", "none_saved"])
+def test_non_finite_norm_in_training_names_step_module_and_last_checkpoint(tokenizer, tmp_path, save_steps):
+    from slowed.slow_tuning import NonFiniteDeltaError
+
+    model = get_peft_model(
+        make_tiny_model(tokenizer), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    broken = "base_model.model.model.layers.0.self_attn.q_proj"
+    save = {"save_steps": save_steps} if save_steps else {"save_strategy": "no"}
+    args = training_args(tmp_path, max_steps=4, **save)
+    callbacks = [BreakWeightsAt(2, broken), SlowTuningCallback(tau=1.0, interval="step")]
+    trainer = Trainer(model=model, args=args, train_dataset=lm_dataset(tokenizer), callbacks=callbacks)
+    expected = str(tmp_path / "checkpoint-1") if save_steps else f"none saved under {tmp_path}"
+    with pytest.raises(NonFiniteDeltaError, match=rf"step 2: .*{broken}.*last checkpoint is {expected} "):
+        trainer.train()
+    assert not (tmp_path / "checkpoint-2").exists()
