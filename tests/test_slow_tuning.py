@@ -721,3 +721,75 @@ def test_non_finite_norm_in_training_names_step_module_and_last_checkpoint(token
     with pytest.raises(NonFiniteDeltaError, match=rf"step 2: .*{broken}.*last checkpoint is {expected} "):
         trainer.train()
     assert not (tmp_path / "checkpoint-2").exists()
+
+
+# ------------------------------------------------------------------------------ adapters, snapshot writers
+
+
+def two_adapter_model(tokenizer):
+    """q_proj/v_proj LoRA adapters "first" and "second" with different random B (so their norms differ)."""
+    model = get_peft_model(
+        make_tiny_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), adapter_name="first"
+    )
+    model.add_adapter("second", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(
+                    torch.randn(param.shape, generator=generator) * (0.1 if ".first." in name else 1.0)
+                )
+    return model
+
+
+def test_the_active_adapter_is_projected_not_default(tokenizer):
+    model = two_adapter_model(tokenizer)
+    model.set_adapter("second")
+    expected = math.sqrt(sum(n**2 for n in frobenius(explicit_deltas(model, "second")).values()))
+    first_before = explicit_deltas(model, "first")
+    assert rel_err(float(global_norm(lora_delta_norms(model))), expected) < 1e-9
+    project_lora_(model, 0.5 * expected)
+    after = math.sqrt(sum(n**2 for n in frobenius(explicit_deltas(model, "second")).values()))
+    assert rel_err(after, 0.5 * expected) < 1e-5
+    for name, delta in explicit_deltas(model, "first").items():
+        assert torch.equal(delta, first_before[name])
+
+
+def test_several_active_adapters_are_refused(tokenizer, tmp_path):
+    model = two_adapter_model(tokenizer)
+    model.base_model.set_adapter(["first", "second"])
+    with pytest.raises(ValueError, match=r"2 are active at once: \['first', 'second'\].*set_adapter"):
+        SlowTuningCallback(tau=1.0).on_train_begin(
+            SimpleNamespace(output_dir=str(tmp_path)), TrainerState(), TrainerControl(), model=model
+        )
+
+
+def test_full_finetuning_snapshot_is_written_by_each_nodes_local_process_zero(tokenizer, tmp_path):
+    # The local main process of a second node: not world process zero, but it needs the file on its own disk.
+    state = TrainerState(is_world_process_zero=False, is_local_process_zero=True)
+    model = make_tiny_model(tokenizer)
+    SlowTuningCallback(tau=1.0).on_train_begin(
+        SimpleNamespace(output_dir=str(tmp_path)), state, TrainerControl(), model=model
+    )
+    saved = load_file(tmp_path / REFERENCE_FILENAME)
+    for name, param in model.named_parameters():
+        assert torch.equal(saved[name], param.detach()), name
+    other = TrainerState(is_world_process_zero=False, is_local_process_zero=False)
+    SlowTuningCallback(tau=1.0).on_train_begin(
+        SimpleNamespace(output_dir=str(tmp_path / "other")), other, TrainerControl(), model=model
+    )
+    assert not (tmp_path / "other" / REFERENCE_FILENAME).exists()
+
+
+def test_schedule_free_optimizers_are_refused(tokenizer, tmp_path):
+    schedulefree = pytest.importorskip("schedulefree", reason="schedulefree is not installed")
+    model = get_peft_model(make_tiny_model(tokenizer), LoraConfig(r=4, target_modules=["q_proj"]))
+    optimizer = schedulefree.AdamWScheduleFree(model.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="schedule-free"):
+        SlowTuningCallback(tau=1.0).on_train_begin(
+            SimpleNamespace(output_dir=str(tmp_path)),
+            TrainerState(),
+            TrainerControl(),
+            model=model,
+            optimizer=optimizer,
+        )
