@@ -481,8 +481,16 @@ class SLowEDTrainer(SFTTrainer):
         return torch.Generator().manual_seed(seed % 2**63)
 
     def _record_masked(self, num_masked: torch.Tensor, num_valid: torch.Tensor) -> None:
-        counts = self.accelerator.gather_for_metrics(torch.stack([num_masked, num_valid]).to(torch.int64))
-        masked, valid = counts.reshape(-1, 2).sum(dim=0).tolist()
+        """Add one micro-batch's [LEM-masked, eligible] token counts, summed over all processes.
+
+        A sum-reduce, not `gather_for_metrics`: that trims the last batch of an epoch to the dataset remainder,
+        which drops other processes' counts. The padding rows that even out the last batch across processes are
+        counted: they are in the loss. Every process calls this once per training micro-batch, as DDP requires.
+        """
+        counts = torch.stack([num_masked, num_valid]).to(torch.int64)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        masked, valid = counts.tolist()
         self._masked_window[0] += masked
         self._masked_window[1] += valid
 

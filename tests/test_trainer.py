@@ -508,3 +508,52 @@ def test_modules_to_save_with_slow_tuning_fails_in_init(tokenizer, dataset, tmp_
             processing_class=tokenizer,
             peft_config=lora_config(modules_to_save=["lm_head"]),
         )
+
+
+# ------------------------------------------------------------------------------ ragged last batch of an epoch
+
+
+def make_dataset(num_rows: int) -> Dataset:
+    """`num_rows` conversational prompt/completion rows of varied completion lengths."""
+    rows = []
+    for i in range(num_rows):
+        rationale = _RATIONALES[(3 * i) % 4][: 24 + 4 * (i % 16)]
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"{_QUESTIONS[i % 4]} ({i})"}],
+                "completion": [
+                    {"role": "assistant", "content": f"{rationale} So the answer is ({'ABCD'[i % 4]})."}
+                ],
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+@pytest.mark.parametrize("source", ["online", "initial"])
+def test_ragged_last_batch_trains_and_counts_every_row(tokenizer, tmp_path, source):
+    """17 rows at batch 4: the last step has one row. One log over the epoch counts every row's LEM tokens once."""
+    args = make_args(
+        SLowEDConfig,
+        tmp_path,
+        max_steps=-1,
+        num_train_epochs=1,
+        logging_steps=5,
+        entropy_mask_ratio=RATIO,
+        entropy_source=source,
+    )
+    trainer = SLowEDTrainer(
+        sharp_model(tokenizer),
+        args=args,
+        train_dataset=make_dataset(17),
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 5
+    # Per-sequence scope: floor(k·n) of each row's n completion targets, whatever the batching.
+    eligible = [sum(label != -100 for label in labels[1:]) for labels in trainer.train_dataset["labels"]]
+    expected = sum(math.floor(RATIO * n) for n in eligible) / sum(eligible)
+    fractions = [
+        e["slowed/masked_fraction"] for e in trainer.state.log_history if "slowed/masked_fraction" in e
+    ]
+    assert fractions == [pytest.approx(expected, rel=1e-12)]
