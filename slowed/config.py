@@ -19,8 +19,10 @@ so it stays a drop-in replacement; pass ``bf16=False`` for float32 runs (the tes
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trl import SFTConfig
@@ -75,20 +77,40 @@ def parse_slow_tuning_tau(value: Any) -> float | None:
 
 
 def parse_slow_tuning_interval(value: Any) -> str | int:
-    """'epoch', 'step' or a positive int N (every N optimizer steps), from an int or a numeric string."""
-    allowed = "'epoch', 'step' or a positive integer N (project every N optimizer steps)"
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in SLOW_TUNING_INTERVAL_NAMES:
-            return text
-        if text.lstrip("+").isdigit() and int(text) >= 1:
-            return int(text)
-        raise _bad("slow_tuning_interval", value, allowed)
+    """'epoch', 'step' or a positive int N (every N optimizer steps).
+
+    N may come as an int, an integral float (YAML ``10.0``) or a numeric string of either form ("10",
+    "10.0", "1e1"); a fractional value such as 10.5 is refused, in any form.
+    """
+    allowed = (
+        "'epoch', 'step' or a positive integer N (project every N optimizer steps; 10 or 10.0, not 10.5)"
+    )
+    if isinstance(value, str) and value.strip().lower() in SLOW_TUNING_INTERVAL_NAMES:
+        return value.strip().lower()
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
-    if isinstance(value, float) and value.is_integer() and value >= 1:  # YAML `10.0`
-        return int(value)
-    raise _bad("slow_tuning_interval", value, allowed)
+    if isinstance(value, bool) or not isinstance(value, (str, float)):
+        raise _bad("slow_tuning_interval", value, allowed)
+    number = _parse_float("slow_tuning_interval", value, allowed)
+    if not (math.isfinite(number) and number.is_integer() and number >= 1):
+        raise _bad("slow_tuning_interval", value, allowed)
+    return int(number)
+
+
+def deepspeed_zero_stage(deepspeed: Any) -> int | None:
+    """The ZeRO stage of a `TrainingArguments.deepspeed` value (a dict or a JSON file path), or None if unset.
+
+    An unreadable file or a missing ``zero_optimization.stage`` gives None (transformers reports such files).
+    """
+    if isinstance(deepspeed, (str, Path)):
+        try:
+            deepspeed = json.loads(Path(deepspeed).read_text())
+        except (OSError, ValueError):
+            return None
+    if not isinstance(deepspeed, dict):
+        return None
+    stage = (deepspeed.get("zero_optimization") or {}).get("stage")
+    return stage if isinstance(stage, int) else None
 
 
 def _parse_choice(option: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -124,13 +146,20 @@ class SLowEDConfig(SFTConfig):
             When to project: `"epoch"`, `"step"` (every optimizer step) or a positive integer N (every N
             optimizer steps and at the last step). Numeric strings are parsed to int.
 
-    Combinations refused on construction:
+    Combinations refused on construction (only when they matter, i.e. with k > 0):
         - `entropy_source="initial"` with `packing=True`: packing merges and cuts the sequences after the
           masks would be computed per sequence.
         - `entropy_source="initial"` with `entropy_mask_scope="batch"`: the initial masks are computed once,
           but a batch-scope mask depends on which sequences share a micro-batch, i.e. on the shuffling order.
-        - online LEM (k > 0) with `label_smoothing_factor > 0`: TRL's label smoothing recomputes the loss
-          from full logits, which would bypass the mask.
+        - `entropy_source="initial"` with DeepSpeed ZeRO-3 (`deepspeed` config with `zero_optimization.stage`
+          3): the initial student scores the training set in the trainer's constructor, before DeepSpeed
+          gathers the partitioned weights. Use `entropy_source="online"` or ZeRO stage 0-2.
+        - sequence-scope LEM with `packing=True, packing_strategy="wrapped"`: wrapped packing concatenates
+          documents and cuts them at `max_length` without segment boundaries, so a packed row of several
+          documents would count as one sequence. Use `packing_strategy="bfd"` (segments are kept: each
+          packed document is its own sequence) or `entropy_mask_scope="batch"`.
+        - online LEM with `label_smoothing_factor > 0`: TRL's label smoothing recomputes the loss from full
+          logits, which would bypass the mask.
     `loss_type="dft"` composes with LEM: DFT reweights each kept token by its (detached) probability and the
     masked tokens contribute nothing; the loss is still divided by the number of kept tokens.
     """
@@ -202,6 +231,7 @@ class SLowEDConfig(SFTConfig):
             "slow_tuning_scope", self.slow_tuning_scope, SLOW_TUNING_SCOPES
         )
         self.slow_tuning_interval = parse_slow_tuning_interval(self.slow_tuning_interval)
+        self._check_deepspeed()  # before super(), which imports deepspeed for a `deepspeed` config
         super().__post_init__()
         self._check_combinations()
 
@@ -219,19 +249,41 @@ class SLowEDConfig(SFTConfig):
         """The SLowED knobs as a JSON-ready dict (recorded next to the trained weights)."""
         return {name: getattr(self, name) for name in SLOWED_FIELDS}
 
+    def _check_deepspeed(self) -> None:
+        if self.uses_initial_lem and deepspeed_zero_stage(self.deepspeed) == 3:
+            raise ValueError(
+                "SLowEDConfig: `entropy_source='initial'` cannot be combined with DeepSpeed ZeRO-3 (`deepspeed` "
+                f"config {self.deepspeed!r} has zero_optimization.stage 3): the initial student scores the training "
+                "set before DeepSpeed is set up, when ZeRO-3 weights are still partitioned. Use "
+                "`entropy_source='online'` or ZeRO stage 0-2."
+            )
+
     def _check_combinations(self) -> None:
-        if self.entropy_source == "initial" and self.packing:
+        if self.uses_initial_lem and self.packing:
             raise ValueError(
                 "SLowEDConfig: `entropy_source='initial'` cannot be combined with `packing=True`: the initial "
                 "keep-masks are computed per tokenised sequence, and packing merges and cuts sequences. Set "
                 "`packing=False` or use `entropy_source='online'`."
             )
-        if self.entropy_source == "initial" and self.entropy_mask_scope == "batch":
+        if self.uses_initial_lem and self.entropy_mask_scope == "batch":
             raise ValueError(
                 "SLowEDConfig: `entropy_source='initial'` requires `entropy_mask_scope='sequence'`: the initial "
                 "masks are computed once before training, while a batch-scope mask depends on which sequences "
                 "share a micro-batch, i.e. on the shuffling order. Use `entropy_mask_scope='sequence'` or "
                 "`entropy_source='online'`."
+            )
+        if (
+            self.entropy_mask_ratio > 0
+            and self.entropy_mask_scope == "sequence"
+            and self.packing
+            and self.packing_strategy == "wrapped"
+        ):
+            raise ValueError(
+                f"SLowEDConfig: sequence-scope Low-Entropy Masking (`entropy_mask_ratio={self.entropy_mask_ratio}`) "
+                "cannot be combined with `packing=True, packing_strategy='wrapped'`: wrapped packing concatenates "
+                "documents and cuts them at max_length without segment boundaries, so a packed row of several "
+                "documents would count as one sequence. Use `packing_strategy='bfd'` (each packed document stays a "
+                "sequence) or `entropy_mask_scope='batch'`."
             )
         if self.uses_online_lem and self.label_smoothing_factor > 0:
             raise ValueError(

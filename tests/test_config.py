@@ -40,6 +40,11 @@ INVALID = [
     ("slow_tuning_interval", "0"),
     ("slow_tuning_interval", "1.5"),
     ("slow_tuning_interval", 2.5),
+    ("slow_tuning_interval", "10.5"),
+    ("slow_tuning_interval", 10.5),
+    ("slow_tuning_interval", "0.0"),
+    ("slow_tuning_interval", "inf"),
+    ("slow_tuning_interval", "nan"),
     ("slow_tuning_interval", "weekly"),
     ("slow_tuning_interval", True),
     ("slow_tuning_interval", None),
@@ -75,6 +80,9 @@ def test_invalid_value_names_option_and_value(tmp_path, option, value):
         ("slow_tuning_interval", "10", 10),
         ("slow_tuning_interval", 7, 7),
         ("slow_tuning_interval", 4.0, 4),
+        ("slow_tuning_interval", "10.0", 10),
+        ("slow_tuning_interval", " 1e1 ", 10),
+        ("slow_tuning_interval", 10.0, 10),
     ],
 )
 def test_valid_values_are_accepted_and_parsed(tmp_path, option, value, parsed):
@@ -132,17 +140,38 @@ def test_trl_parser_yaml_values(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "fragments"),
     [
-        ({"entropy_source": "initial", "packing": True}, ["entropy_source='initial'", "packing=True"]),
         (
-            {"entropy_source": "initial", "entropy_mask_scope": "batch"},
+            {"entropy_mask_ratio": 0.2, "entropy_source": "initial", "packing": True},
+            ["entropy_source='initial'", "packing=True"],
+        ),
+        (
+            {"entropy_mask_ratio": 0.2, "entropy_source": "initial", "entropy_mask_scope": "batch"},
             ["entropy_source='initial'", "shuffling"],
+        ),
+        (
+            {"entropy_mask_ratio": 0.2, "packing": True, "packing_strategy": "wrapped"},
+            ["entropy_mask_ratio=0.2", "packing_strategy='wrapped'", "packing_strategy='bfd'"],
+        ),
+        (
+            {
+                "entropy_mask_ratio": 0.2,
+                "entropy_source": "initial",
+                "deepspeed": {"zero_optimization": {"stage": 3}},
+            },
+            ["entropy_source='initial'", "ZeRO-3", "entropy_source='online'"],
         ),
         (
             {"entropy_mask_ratio": 0.2, "label_smoothing_factor": 0.1},
             ["label_smoothing_factor=0.1", "entropy_mask_ratio=0.2"],
         ),
     ],
-    ids=["initial+packing", "initial+batch-scope", "online-lem+label-smoothing"],
+    ids=[
+        "initial+packing",
+        "initial+batch-scope",
+        "sequence-lem+wrapped-packing",
+        "initial+zero3",
+        "online-lem+label-smoothing",
+    ],
 )
 def test_refused_combinations(tmp_path, overrides, fragments):
     with pytest.raises(ValueError) as error:
@@ -159,3 +188,28 @@ def test_allowed_combinations(tmp_path):
     )
     assert config.uses_initial_lem
     assert make_config(tmp_path, entropy_mask_ratio=0.2, packing=True, max_length=64).uses_online_lem
+
+
+def test_initial_source_combinations_are_allowed_when_lem_is_off(tmp_path):
+    """k = 0 masks nothing, so the initial source's packing and batch-scope restrictions do not apply."""
+    config = make_config(tmp_path, entropy_source="initial", packing=True, max_length=64)
+    assert not config.uses_initial_lem
+    assert (
+        make_config(tmp_path, entropy_source="initial", entropy_mask_scope="batch").entropy_mask_scope
+        == "batch"
+    )
+
+
+def test_wrapped_packing_is_allowed_with_batch_scope_or_lem_off(tmp_path):
+    wrapped = {"packing": True, "packing_strategy": "wrapped", "max_length": 64}
+    assert make_config(
+        tmp_path, entropy_mask_ratio=0.2, entropy_mask_scope="batch", **wrapped
+    ).uses_online_lem
+    assert not make_config(tmp_path, **wrapped).uses_online_lem
+
+
+def test_zero3_file_is_read_for_the_initial_source_check(tmp_path):
+    ds_config = tmp_path / "ds.json"
+    ds_config.write_text('{"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}')
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        make_config(tmp_path, entropy_mask_ratio=0.2, entropy_source="initial", deepspeed=str(ds_config))
