@@ -12,7 +12,8 @@ When ‖ΔW‖_F > τ the update is scaled back onto the sphere of radius τ: Lo
 sqrt(τ/‖ΔW‖) (so ΔW becomes (τ/‖ΔW‖)·ΔW exactly in exact arithmetic), full fine-tuning sets
 W ← W0 + (τ/‖ΔW‖)·(W − W0). The norm is then *measured* again from the stored weights; where rounding
 (bf16, fp16) left it above τ·(1 + 1e-6), the update is scaled again slightly inside τ (a margin of the
-dtype's unit roundoff, doubling per pass, at most `MAX_PROJECTION_PASSES` passes), so the guarantee
+overshoot or the dtype's unit roundoff, growing per pass; after `MAX_PROJECTION_PASSES` − 1 passes, which only
+a τ below the dtype's resolution around W0 needs, the update is reset to ΔW = 0), so the guarantee
 ‖ΔW‖_F ≤ τ·(1 + 1e-6) holds in any dtype and the logged norm is the measured one. Scope ``"global"``
 measures one norm over all adapted modules (the square root of the sum of squared module norms) and scales
 every module by the same factor; ``"module"`` caps each module (LoRA) or each parameter tensor (full
@@ -73,7 +74,7 @@ LOG_KEY_BEFORE = "slowed/delta_norm_before"
 LOG_KEY_AFTER = "slowed/delta_norm_after"
 TAU_TOLERANCE = 1e-6
 """The guarantee after a projection: measured ‖ΔW‖_F ≤ τ·(1 + TAU_TOLERANCE)."""
-MAX_PROJECTION_PASSES = 12
+MAX_PROJECTION_PASSES = 8
 ZERO_DELTA_INITS: tuple[bool | str, ...] = (True, "gaussian", "eva", "orthogonal", "mica")
 """peft ``init_lora_weights`` values that start at s·B·A = 0 and leave the base weight untouched."""
 INITIAL_DELTA_REL_TOL = 1e-4
@@ -434,13 +435,25 @@ def _projection_factors(norms: dict[str, torch.Tensor], tau: float, scope: str) 
     return ProjectionResult(before, before, module_norms, scale, projected, dict(module_norms), 0)
 
 
-def _rescale_factors(norms: dict[str, float], tau: float, scope: str, margin: float) -> dict[str, float]:
-    """Factors that bring measured norms above τ·(1 + TAU_TOLERANCE) to τ·(1 − margin); {} when all are within."""
+def _rescale_margin(norm: float, tau: float, unit: float, passes: int) -> float:
+    """How far inside τ pass `passes` + 1 aims: the larger of the overshoot and the unit roundoff, ×2·4^(passes−1)."""
+    overshoot = norm / tau - 1.0
+    return min(0.5, max(unit, overshoot) * 2.0 * 4.0 ** (passes - 1))
+
+
+def _rescale_factors(
+    norms: dict[str, float], tau: float, scope: str, unit: float, passes: int
+) -> dict[str, float]:
+    """Factors that bring measured norms above τ·(1 + TAU_TOLERANCE) inside τ; {} when all are within."""
     limit = tau * (1 + TAU_TOLERANCE)
     if scope == "global":
         total = math.sqrt(sum(n * n for n in norms.values()))
-        return dict.fromkeys(norms, tau * (1 - margin) / total) if total > limit else {}
-    return {name: tau * (1 - margin) / n for name, n in norms.items() if n > limit}
+        if total <= limit:
+            return {}
+        return dict.fromkeys(norms, tau * (1 - _rescale_margin(total, tau, unit, passes)) / total)
+    return {
+        name: tau * (1 - _rescale_margin(n, tau, unit, passes)) / n for name, n in norms.items() if n > limit
+    }
 
 
 def _project(
@@ -453,25 +466,30 @@ def _project(
     """Measure, scale, and re-measure until the measured norms are within τ·(1 + TAU_TOLERANCE).
 
     `measure` returns name -> ‖ΔW‖_F from the stored weights; `apply` multiplies ΔW of the named modules by the
-    given factors. Pass i ≥ 1 (only where rounding overshot) aims at τ·(1 − unit·2^i).
+    given factors (c = 0 restores W0 exactly). Passes after the first run only where rounding overshot and aim
+    inside τ by a growing margin (`_rescale_margin`); if `MAX_PROJECTION_PASSES` − 1 passes do not suffice (τ
+    below what the dtype can resolve around W0) the modules still over τ are reset to ΔW = 0, with a warning.
     """
     norms = measure()
     _raise_if_non_finite(norms)
     result = _projection_factors(norms, tau, scope)
     factors = {name: c for name, c in result.scale.items() if c < 1.0}
     while factors:
-        if result.passes == MAX_PROJECTION_PASSES:
-            raise RuntimeError(
-                f"Slow Tuning could not bring the measured ‖ΔW‖_F within τ = {tau:g} after "
-                f"{MAX_PROJECTION_PASSES} scaling passes (rounding of the stored weights): "
-                f"{result.module_norms_after}"
-            )
         apply(factors)
         result.passes += 1
         after = measure()
         _raise_if_non_finite(after)
         result.module_norms_after = {name: float(n) for name, n in after.items()}
-        factors = _rescale_factors(result.module_norms_after, tau, scope, min(0.5, unit * 2.0**result.passes))
+        factors = _rescale_factors(result.module_norms_after, tau, scope, unit, result.passes)
+        if factors and result.passes >= MAX_PROJECTION_PASSES - 1:
+            logger.warning(
+                "Slow Tuning: rounding keeps ||dW|| above tau %.6g after %d passes (tau is below the resolution "
+                "of the weights' dtype around W0); resetting dW to 0 for %d module(s)",
+                tau,
+                result.passes,
+                len(factors),
+            )
+            factors = dict.fromkeys(factors, 0.0)
         for name, c in factors.items():
             result.scale[name] *= c
     result.norm_after = math.sqrt(sum(n * n for n in result.module_norms_after.values()))
