@@ -1,4 +1,4 @@
-"""Safety judges behind one batch interface: guard models, refusal keywords, and a WalledEval adapter.
+"""Safety judges behind one batch interface: guard models, refusal judges, and a WalledEval adapter.
 
 `load_judge()` builds the judge named by $SLOWED_JUDGE (default "walledguard-c"); every judge maps
 (prompts, responses) to `Verdict(label, raw)` with label "safe", "unsafe" or "unknown", and records its
@@ -16,8 +16,16 @@ from slowed.judges.guard import (
     GuardPreset,
     render_template,
 )
-from slowed.judges.keywords import REFUSAL_KEYWORDS, RefusalKeywordJudge
+from slowed.judges.keywords import REFUSAL_KEYWORDS, RefusalKeywordJudge, RefusalPrefixJudge
 from slowed.judges.loading import DEFAULT_JUDGE, JUDGE_ENV, TEMPLATE_ENV, load_judge
+from slowed.judges.refusal import (
+    REFUSAL_JUDGE_ENV,
+    RefusalDetector,
+    RefusalJudge,
+    RefusalKind,
+    RefusalReading,
+    load_refusal_judge,
+)
 from slowed.judges.walledeval_adapter import WalledEvalJudge, walledeval_label
 
 __all__ = [
@@ -27,6 +35,7 @@ __all__ = [
     "GUARD_PRESETS",
     "JUDGE_ENV",
     "LABELS",
+    "REFUSAL_JUDGE_ENV",
     "REFUSAL_KEYWORDS",
     "TEMPLATE_ENV",
     "WALLEDGUARD_C_TEMPLATE",
@@ -35,10 +44,16 @@ __all__ = [
     "GuardPreset",
     "Judge",
     "Label",
+    "RefusalDetector",
+    "RefusalJudge",
     "RefusalKeywordJudge",
+    "RefusalKind",
+    "RefusalPrefixJudge",
+    "RefusalReading",
     "Verdict",
     "WalledEvalJudge",
     "load_judge",
+    "load_refusal_judge",
     "parse_guard_verdict",
     "render_template",
     "walledeval_label",

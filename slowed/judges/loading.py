@@ -8,7 +8,7 @@ from typing import Any
 
 from slowed.judges.base import Judge
 from slowed.judges.guard import GUARD_PRESETS, GuardModelJudge, read_template_spec
-from slowed.judges.keywords import RefusalKeywordJudge
+from slowed.judges.refusal import load_refusal_judge, refusal_judge_names
 
 DEFAULT_JUDGE = "walledguard-c"
 JUDGE_ENV = "SLOWED_JUDGE"
@@ -44,7 +44,8 @@ def load_judge(spec: str | None = None, **guard_options: Any) -> Judge:
     """Build the judge named by `spec` (default: $SLOWED_JUDGE, else "walledguard-c").
 
     Spec forms:
-    - "keywords": `RefusalKeywordJudge` (smoke test).
+    - a refusal judge (`slowed.judges.refusal.load_refusal_judge`): "refusal" (`RefusalJudge`), "gcg-keywords"
+      (alias "keywords": the GCG list anywhere, `RefusalKeywordJudge`) or "gcg-prefix" (the GCG list at the start).
     - a preset ("walledguard-c", "llama-guard-3-1b", "llama-guard-3-8b"): `GuardModelJudge.from_preset`.
     - "walledeval:<ClassName>": `WalledEvalJudge(walledeval.judge.<ClassName>())`, the class built with its
       own defaults (e.g. WalledGuardJudge; classes that need arguments must be built in Python and wrapped).
@@ -54,8 +55,8 @@ def load_judge(spec: str | None = None, **guard_options: Any) -> Judge:
     from the SLOWED_JUDGE_* variables in `GUARD_OPTION_ENVS`.
     """
     spec = (spec if spec is not None else os.environ.get(JUDGE_ENV, "")).strip() or DEFAULT_JUDGE
-    if spec == "keywords":
-        return RefusalKeywordJudge()
+    if spec in refusal_judge_names():
+        return load_refusal_judge(spec)
     if spec.startswith(WALLEDEVAL_PREFIX):
         return _load_walledeval_judge(spec[len(WALLEDEVAL_PREFIX) :])
     options = {**guard_options_from_env(), **guard_options}
