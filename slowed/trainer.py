@@ -13,7 +13,17 @@ accumulation window (and over processes). That count depends only on the label m
 (`slowed.masking.kept_token_count`), so `_get_num_items_in_batch` computes it before any forward pass, and
 k does not silently shrink the learning rate. With the per-sequence scope, bs 4 × GA 2 equals bs 8.
 
-A *sequence* is one row of the batch or, in padding-free batches (TRL's ``seq_idx``), one packed segment.
+A *sequence* is one row of the batch or, in padding-free batches (TRL's ``seq_idx``: ``padding_free=True`` or
+packing with ``packing_strategy="bfd"``), one packed segment. Wrapped packing has no segment boundaries, so
+sequence-scope LEM refuses it (`SLowEDConfig`). The *eligible* tokens are the target tokens that carry loss
+(``labels != -100``): the completion of a prompt-completion dataset (TRL's default ``completion_only_loss``), or
+every token with ``completion_only_loss=False`` or a language-modelling dataset; the trainer warns once when
+k > 0 and prompt tokens are in the loss.
+
+Training guards (always on, also with the knobs off): a non-finite training loss stops training with a
+`NonFiniteLossError` naming the optimizer step and the last good checkpoint, instead of going on with NaN weights
+(stock Trainer would log a filtered loss and save them). A micro-batch without targets (every label -100)
+contributes a loss of 0 and no gradient.
 
 Evaluation losses are always TRL's plain NLL over all completion tokens (no masking), so eval losses stay
 comparable across k and entropy sources.
@@ -22,7 +32,8 @@ Entropy source ``initial``: after TRL prepares the training set (tokenised, labe
 example is scored once with the frozen initial student (eval mode, no grad; with peft, adapters disabled) and
 its per-token keep flags are stored in the column `slowed.collator.KEEP_COLUMN`, which the
 `MaskingCollator` turns into -100 labels. The column is added to the signature columns (as TRL does for
-``seq_lengths``), so ``remove_unused_columns`` may stay True. Each process scores the full set.
+``seq_lengths``), so ``remove_unused_columns`` may stay True. Each process scores the full set. The scoring runs
+in the constructor, before DeepSpeed is set up, so ZeRO-3 (partitioned weights) is refused for this source.
 
 With ``entropy_mask_ratio=0`` and ``slow_tuning_tau=None`` every override defers to `SFTTrainer`: the run is
 exactly stock TRL.
@@ -34,6 +45,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,6 +71,11 @@ logger = logging.getLogger(__name__)
 
 SLOWED_CONFIG_NAME = "slowed_config.json"
 MASKED_FRACTION_KEY = "slowed/masked_fraction"
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss was NaN or infinite; raised on every process so none is left waiting in a collective."""
 
 
 # ------------------------------------------------------------------------------------------ sequence rows
@@ -307,6 +324,7 @@ class SLowEDTrainer(SFTTrainer):
         self._slow_tuning_checks_logged = 0
         self._initial_masked_total = [0, 0]  # [masked, eligible] over the training set (initial source)
         self._check_parallelism()
+        self._warn_if_prompt_tokens_are_eligible()
         self.slow_tuning: SlowTuningCallback | None = None
         if args.slow_tuning_tau is not None:
             self._check_slow_tuning_model()
@@ -322,6 +340,13 @@ class SLowEDTrainer(SFTTrainer):
     # ----------------------------------------------------------------------------------- construction checks
 
     def _check_parallelism(self) -> None:
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.args.uses_initial_lem and plugin is not None and plugin.zero_stage == 3:
+            raise ValueError(
+                "entropy_source='initial' cannot be combined with DeepSpeed ZeRO-3 (set up by accelerate): the "
+                "initial student scores the training set before DeepSpeed is set up, when ZeRO-3 weights are still "
+                "partitioned. Use entropy_source='online' or ZeRO stage 0-2."
+            )
         config = self.accelerator.parallelism_config
         if self.args.uses_online_lem and config is not None and (config.cp_enabled or config.sp_enabled):
             raise NotImplementedError(
@@ -329,6 +354,19 @@ class SLowEDTrainer(SFTTrainer):
                 "per-sequence quantile would be taken over each rank's shard. Use entropy_source='initial' or "
                 "disable cp/sp."
             )
+
+    def _warn_if_prompt_tokens_are_eligible(self) -> None:
+        """Warn (once, here) when LEM is on and TRL puts the whole sequence, prompt included, in the loss."""
+        if self.args.entropy_mask_ratio == 0 or self.completion_only_loss or self.args.assistant_only_loss:
+            return
+        logger.warning(
+            "entropy_mask_ratio=%s with a loss over whole sequences (completion_only_loss=%s, or a language-modelling "
+            "dataset): prompt tokens carry loss, so they are eligible for Low-Entropy Masking and k is a share of "
+            "prompt and completion tokens together. For SLowED's completion-only masking use a prompt-completion "
+            "dataset with completion_only_loss unset or True (or assistant_only_loss=True).",
+            self.args.entropy_mask_ratio,
+            self.args.completion_only_loss,
+        )
 
     def _check_slow_tuning_model(self) -> None:
         """With τ set: a peft model must be plain LoRA with nothing else trainable (no DoRA, no lm_head)."""
@@ -351,14 +389,14 @@ class SLowEDTrainer(SFTTrainer):
 
         Sequences are scored in length-sorted batches of ``per_device_eval_batch_size`` through the fused LM
         head (per-token entropy without the B×T×V logits); the mask is per sequence, so padding and batching
-        do not change it.
+        do not change it. The ``"random"`` control draws each example's scores from a generator seeded by
+        (``seed``, the example's position in the prepared training set), so it does not depend on batching either.
         """
         model = self.model
         device = next(model.parameters()).device
         pad_id = self._tokenizer.pad_token_id
         order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
         flags: list[list[int]] = [[] for _ in input_ids]
-        generator = torch.Generator().manual_seed(self.args.seed)  # used by the "random" selection only
         was_training = model.training
         model.eval()
         adapters_off = model.disable_adapter() if is_peft_model(model) else contextlib.nullcontext()
@@ -382,8 +420,8 @@ class SLowEDTrainer(SFTTrainer):
                         fused_lm_head=True,
                     )
                     valid = outputs.label_mask.bool()
-                    scores = selection_scores(
-                        outputs.entropy.float(), self.args.entropy_mask_selection, generator
+                    scores = self._initial_scores(
+                        outputs.entropy.float(), rows, [len(input_ids[i]) for i in rows]
                     )
                     keep = low_entropy_keep_mask(scores, valid, self.args.entropy_mask_ratio, "sequence")
                     self._initial_masked_total[0] += int((valid & ~keep).sum())
@@ -393,6 +431,25 @@ class SLowEDTrainer(SFTTrainer):
         finally:
             model.train(was_training)
         return flags
+
+    def _initial_scores(self, entropy: torch.Tensor, rows: list[int], lengths: list[int]) -> torch.Tensor:
+        """B×(T−1) selection scores of a scoring batch: `selection_scores`, with per-example draws for "random".
+
+        Args:
+            entropy: B×(T−1) entropies (nats) of the batch's examples.
+            rows: position of each batch row's example in the training set.
+            lengths: token count of each example (its row has ``length − 1`` targets; the rest is padding).
+        """
+        selection = self.args.entropy_mask_selection
+        if selection != "random":
+            return selection_scores(entropy, selection)
+        scores = torch.zeros(entropy.shape, dtype=torch.float64, device=entropy.device)
+        for j, (row, length) in enumerate(zip(rows, lengths, strict=True)):
+            generator = torch.Generator().manual_seed(hash((self.args.seed, row)) % 2**63)
+            scores[j, : length - 1] = selection_scores(
+                entropy[j : j + 1, : length - 1], selection, generator
+            )[0]
+        return scores
 
     def _add_initial_keep_masks(self, dataset: Any) -> Any:
         if not isinstance(dataset, Dataset):
@@ -465,6 +522,41 @@ class SLowEDTrainer(SFTTrainer):
         valid, keep = masked_forward.valid, masked_forward.keep
         self._record_masked((valid & ~keep).sum(), valid.sum())
         return result
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """`Trainer.training_step`, then stop on a non-finite loss (see `_raise_on_non_finite_loss`)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._raise_on_non_finite_loss(loss)
+        return loss
+
+    def _raise_on_non_finite_loss(self, loss: torch.Tensor) -> None:
+        """Raise `NonFiniteLossError` on every process when any process's micro-batch loss is NaN or ±inf."""
+        non_finite = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
+        if self.accelerator.num_processes > 1:
+            non_finite = self.accelerator.reduce(non_finite, reduction="sum")
+        if non_finite.item() == 0:
+            return
+        step = self.state.global_step + 1
+        raise NonFiniteLossError(
+            f"Non-finite training loss ({loss.item()} on process {self.accelerator.process_index}) at optimizer step "
+            f"{step} (epoch {self.state.epoch or 0:.2f}); training stopped. Last good checkpoint: "
+            f"{self._last_good_checkpoint(step)}. Lower the learning rate, check the data of this step, or train in "
+            "float32 (bf16=False)."
+        )
+
+    def _last_good_checkpoint(self, failed_step: int) -> str:
+        """The newest ``checkpoint-N`` under ``output_dir`` saved before step ``failed_step − 1``, or "none saved".
+
+        The weights saved at step ``failed_step − 1`` are the ones that produced the non-finite loss.
+        """
+        output_dir = Path(self.args.output_dir)
+        steps = [
+            int(match.group(1))
+            for path in (output_dir.iterdir() if output_dir.is_dir() else ())
+            if path.is_dir() and (match := _CHECKPOINT_DIR.match(path.name))
+        ]
+        good = [step for step in steps if step < failed_step - 1]
+        return str(output_dir / f"checkpoint-{max(good)}") if good else "none saved"
 
     def _random_mask_generator(self) -> torch.Generator | None:
         """For ``entropy_mask_selection="random"``: a CPU generator seeded by (``seed``, optimizer step, micro-batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -12,12 +13,13 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from tiny_models import make_tiny_model, make_tiny_tokenizer
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from slowed.collator import KEEP_COLUMN
 from slowed.config import SLowEDConfig
 from slowed.masking import low_entropy_keep_mask
-from slowed.trainer import SLOWED_CONFIG_NAME, SLowEDTrainer, keep_mask_by_sequence
+from slowed.trainer import SLOWED_CONFIG_NAME, NonFiniteLossError, SLowEDTrainer, keep_mask_by_sequence
 
 # An exactly representable ratio: floor(0.25·n) has no rounding ambiguity in the naive reference.
 RATIO = 0.25
@@ -557,3 +559,140 @@ def test_ragged_last_batch_trains_and_counts_every_row(tokenizer, tmp_path, sour
         e["slowed/masked_fraction"] for e in trainer.state.log_history if "slowed/masked_fraction" in e
     ]
     assert fractions == [pytest.approx(expected, rel=1e-12)]
+
+
+# ------------------------------------------------------------------------------------------- training guards
+
+
+class _PoisonWeightAt(TrainerCallback):
+    """Writes NaN into one LoRA weight at the end of optimizer step `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                next(p for n, p in model.named_parameters() if "lora_A" in n).fill_(math.nan)
+
+
+def test_nan_weight_stops_training_naming_the_step_and_last_good_checkpoint(tokenizer, dataset, tmp_path):
+    args = make_args(SLowEDConfig, tmp_path, max_steps=6, save_strategy="steps", save_steps=1)
+    trainer = SLowEDTrainer(
+        sharp_model(tokenizer),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        callbacks=[_PoisonWeightAt(step=3)],
+    )
+    # The weights after step 3 give a NaN loss at step 4; checkpoint-3 holds them, checkpoint-2 is the last good one.
+    with pytest.raises(NonFiniteLossError, match=r"optimizer step 4\b") as error:
+        trainer.train()
+    assert f"Last good checkpoint: {tmp_path / 'checkpoint-2'}." in str(error.value)
+    assert trainer.state.global_step == 3
+    assert not (tmp_path / "checkpoint-4").exists()
+
+
+def test_nan_at_the_first_steps_reports_no_checkpoint(tokenizer, dataset, tmp_path):
+    args = make_args(SLowEDConfig, tmp_path, max_steps=3, entropy_mask_ratio=RATIO)
+    trainer = SLowEDTrainer(
+        sharp_model(tokenizer),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        callbacks=[_PoisonWeightAt(step=1)],
+    )
+    with pytest.raises(NonFiniteLossError, match=r"optimizer step 2 .*Last good checkpoint: none saved\."):
+        trainer.train()
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    """Copies of the gradients present (a parameter never reached by backward has none)."""
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("source", ["online", "initial"])
+@pytest.mark.parametrize("window", ["alone", "with-targets"])
+def test_micro_batch_without_targets_adds_zero_loss_and_no_gradient(
+    tokenizer, dataset, tmp_path, source, window
+):
+    """Every label -100 (nothing eligible): loss 0 and unchanged gradients, alone or inside a window with targets."""
+    args = make_args(SLowEDConfig, tmp_path, entropy_mask_ratio=RATIO, entropy_source=source)
+    trainer = SLowEDTrainer(
+        sharp_model(tokenizer),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    model = trainer.model.train()
+    examples = [trainer.train_dataset[i] for i in range(3)]
+    with_targets = trainer.data_collator(examples)
+    if source == "initial":  # every keep flag 0: the collator masks every eligible token
+        empty = trainer.data_collator([{**e, KEEP_COLUMN: [0] * len(e[KEEP_COLUMN])} for e in examples])
+    else:
+        empty = trainer.data_collator(examples)
+        empty["labels"] = torch.full_like(empty["labels"], -100)
+    assert (empty["labels"] == -100).all()
+    window_batches = [empty] if window == "alone" else [with_targets, empty]
+    num_items = trainer._get_num_items_in_batch(window_batches, torch.device("cpu"))
+    if window == "with-targets":
+        trainer.training_step(model, dict(with_targets), num_items)
+    before = _grads(model)
+    loss = trainer.training_step(model, dict(empty), num_items)
+    assert loss.item() == 0.0
+    after = _grads(model)
+    assert set(before) <= set(after)
+    assert all(torch.equal(after[n], before.get(n, torch.zeros_like(after[n]))) for n in after)
+
+
+# ------------------------------------------------------------------------------------------ eligible tokens
+
+
+def test_lem_warns_once_when_prompt_tokens_are_in_the_loss(tokenizer, dataset, tmp_path, caplog):
+    text_dataset = Dataset.from_list(
+        [{"text": f"{q} {r}"} for q, r in zip(_QUESTIONS, _RATIONALES, strict=True)]
+    )
+    cases = [
+        ("completion-only", dataset, {}, 0),
+        ("completion_only_loss=False", dataset, {"completion_only_loss": False}, 1),
+        ("language-modelling", text_dataset, {}, 1),
+    ]
+    for name, train_dataset, overrides, expected in cases:
+        caplog.clear()
+        args = make_args(SLowEDConfig, tmp_path / name, entropy_mask_ratio=RATIO, **overrides)
+        with caplog.at_level(logging.WARNING, logger="slowed.trainer"):
+            SLowEDTrainer(
+                sharp_model(tokenizer), args=args, train_dataset=train_dataset, processing_class=tokenizer
+            )
+        warnings = [r for r in caplog.records if r.name == "slowed.trainer" and "prompt tokens" in r.message]
+        assert len(warnings) == expected, name
+
+
+# ----------------------------------------------------------------------------- initial source, random control
+
+
+def test_initial_random_masks_do_not_depend_on_the_scoring_batch_size(tokenizer, dataset, tmp_path):
+    flags = {}
+    for batch_size in (1, 5):
+        args = make_args(
+            SLowEDConfig,
+            tmp_path / str(batch_size),
+            entropy_mask_ratio=RATIO,
+            entropy_source="initial",
+            entropy_mask_selection="random",
+            per_device_eval_batch_size=batch_size,
+        )
+        trainer = SLowEDTrainer(
+            sharp_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+        flags[batch_size] = trainer.train_dataset[KEEP_COLUMN]
+        labels = trainer.train_dataset["labels"]
+    assert flags[1] == flags[5]
+    # Still floor(k·n) of each example's n eligible targets, and some masks differ between examples' positions.
+    for keep, row_labels in zip(flags[1], labels, strict=True):
+        eligible = [label != -100 for label in row_labels[1:]]
+        dropped = sum(e and not k for e, k in zip(eligible, keep[1:], strict=True))
+        assert dropped == math.floor(RATIO * sum(eligible))
