@@ -793,3 +793,24 @@ def test_schedule_free_optimizers_are_refused(tokenizer, tmp_path):
             model=model,
             optimizer=optimizer,
         )
+
+
+def test_slowed_trainer_adds_slow_tuning_after_user_callbacks(tokenizer, tmp_path):
+    # Early stopping sets should_training_stop in its on_evaluate; Slow Tuning must run after it to see the flag.
+    from transformers import EarlyStoppingCallback
+
+    from slowed.config import SLowEDConfig
+    from slowed.trainer import SLowEDTrainer
+
+    stopper = EarlyStoppingCallback(early_stopping_patience=1)
+    args = training_args(tmp_path, config_class=SLowEDConfig, slow_tuning_tau=0.1, max_length=64)
+    trainer = SLowEDTrainer(
+        model=make_tiny_model(tokenizer),
+        processing_class=tokenizer,
+        train_dataset=lm_dataset(tokenizer),
+        peft_config=LoraConfig(r=4, target_modules=["q_proj"]),
+        args=args,
+        callbacks=[stopper],
+    )
+    order = trainer.callback_handler.callbacks
+    assert order.index(stopper) < order.index(trainer.slow_tuning)
