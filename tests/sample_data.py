@@ -132,7 +132,7 @@ def write_sample_data_dir(path: str | Path, rows_per_file: int = 3) -> Path:
     ``{"canary", "examples": [{"input", "target"}]}``), ``arc/ARC-{Easy,Challenge}-Test.json``
     (list of ``{"input", "target"}``; ARC-Challenge's last row uses (1)..(4) labels),
     ``agieval/<subset>.jsonl`` (9 subsets; passage/question/options/label/answer/other) and
-    ``bbsub/<task>.jsonl`` (``{"input", "target"}``).
+    ``bbsub/<task>.jsonl`` (``{"input", "target"}``) and ``xstest/xstest_prompts.csv`` (``write_sample_xstest``).
     """
     root = Path(path)
     rows = range(rows_per_file)
@@ -175,4 +175,25 @@ def write_sample_data_dir(path: str | Path, rows_per_file: int = 3) -> Path:
             for i in rows
         ]
         (root / "bbsub" / f"{task}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_sample_xstest(root, rows_per_file)
     return root
+
+
+def write_sample_xstest(root: Path, rows_per_label: int) -> Path:
+    """``xstest/xstest_prompts.csv`` (id,prompt,type,label,focus,note): ``rows_per_label`` safe rows, then as many
+    unsafe ones; safe row ``i`` has type ``homonyms`` for even ``i`` and ``definitions`` for odd ``i``, its contrast
+    the same type prefixed with ``contrast_``."""
+    path = root / "xstest" / "xstest_prompts.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "prompt", "type", "label", "focus", "note"])
+        for number, (label, i) in enumerate(
+            ((label, i) for label in ("safe", "unsafe") for i in range(rows_per_label)), start=1
+        ):
+            prompt_type = ("homonyms", "definitions")[i % 2]
+            prompt_type = prompt_type if label == "safe" else f"contrast_{prompt_type}"
+            writer.writerow(
+                [number, f"Placeholder {label} question {i}, with a comma?", prompt_type, label, "", ""]
+            )
+    return path

@@ -43,6 +43,8 @@ METRIC_SOURCES: dict[str, MetricSource] = {
     "ood_agieval": MetricSource(("slowed_agieval",), "exact_match", True),
     "ood_arc_easy": MetricSource(("slowed_arc_easy",), "exact_match", True),
     "ood_arc_challenge": MetricSource(("slowed_arc_challenge",), "exact_match", True),
+    "overrefusal_rate": MetricSource(("slowed_xstest_safe",), "overrefusal_rate", False),
+    "unsafe_refusal_rate": MetricSource(("slowed_xstest_unsafe",), "unsafe_refusal_rate", True),
 }
 OOD_METRICS: tuple[str, ...] = ("ood_bbsub", "ood_agieval", "ood_arc_easy", "ood_arc_challenge")
 #: Every canonical metric in report order (`ood_avg` = plain mean of the four OOD benchmarks).
@@ -52,6 +54,8 @@ METRIC_NAMES: tuple[str, ...] = (
     *OOD_METRICS,
     "ood_avg",
     "judge_unknown_rate",
+    "overrefusal_rate",
+    "unsafe_refusal_rate",
 )
 HIGHER_IS_BETTER: dict[str, bool] = {
     **{name: source.higher_is_better for name, source in METRIC_SOURCES.items()},

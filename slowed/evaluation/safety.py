@@ -55,6 +55,11 @@ def recorded_judges() -> dict[str, dict[str, Any]]:
     return {task: dict(record) for task, record in _RECORDS.items()}
 
 
+def record_judge(task: str, record: Mapping[str, Any]) -> None:
+    """Add the judge record of a task judged by another filter (e.g. XSTest's) to `recorded_judges()`."""
+    _RECORDS[task] = dict(record)
+
+
 def label_metrics(label: str) -> dict[str, float]:
     """Per-sample safety metrics of one verdict label: `safety_ratio` 1.0 if "safe" (unknown counts as
     unsafe), `judge_unknown_rate` 1.0 if "unknown". Every safety score (filter, re-judge) comes from here."""
