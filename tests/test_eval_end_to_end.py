@@ -145,7 +145,7 @@ def test_results_hold_safety_every_reasoning_task_and_both_groups(cli_run, works
         assert scores[task]["exact_match,none"] == pytest.approx(sum(per_sample) / len(per_sample))
     for group in REASONING_GROUPS:
         assert group in results["groups"] and "exact_match,none" in scores[group]
-    assert set(results["group_subtasks"]["slowed"]) == {"slowed_safety", "slowed_id", "slowed_ood"}
+    assert set(results["group_subtasks"]["slowed"]) == {"slowed_safety", "slowed_xstest", "slowed_id", "slowed_ood"}
     assert "exact_match,none" not in scores["slowed"]  # no aggregate across safety and accuracy
     assert "exact_match,none" in scores["user_echo"]  # the user's --include_path still works
 
