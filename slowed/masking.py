@@ -3,9 +3,14 @@
 Shapes: ``B`` sequences of ``T`` target positions (already shifted: position t scores ``labels[:, t + 1]``).
 ``valid`` marks the eligible target tokens (completion tokens, ``labels != -100``).
 
-Among the valid tokens of a *scope* (one sequence, or the whole micro-batch) the ``floor(ratio · n)``
-lowest-entropy tokens are dropped from the loss. Ties are broken deterministically: among equal
-entropies the earlier position (row-major order for the batch scope) is dropped first.
+Among the ``n`` valid tokens of a *scope* (one sequence, or the whole micro-batch) the ``floor(ratio · n)``
+lowest-entropy tokens are dropped from the loss, so ``n − floor(ratio · n)`` are kept. The floor is taken in
+float64 with a 1e-9 slack (so 0.29 · 100 counts as 29, the decimal reading of the ratio) and capped at
+``n − 1``: since ratio < 1, a scope with valid tokens always keeps at least one. Ranking is by the float64
+value; ties are broken deterministically: among equal entropies the earlier position (row-major order for the
+batch scope) is dropped first. Non-finite entropies are ranked, never refused: NaN ranks as +inf (the highest
+entropy, so a NaN token is never dropped before a finite one; it ties with +inf by position), and -inf is the
+lowest value. A NaN entropy means the logits are NaN, so the loss is NaN too and the trainer stops on it.
 
 Controls at the same rate (``selection``): ``"highest"`` drops the highest-entropy tokens instead, and
 ``"random"`` drops uniformly random ones (from a seeded generator), so an experiment can tell the effect
@@ -29,8 +34,25 @@ _FLOOR_SLACK = 1e-9
 
 
 def num_masked(num_valid: torch.Tensor, ratio: float) -> torch.Tensor:
-    """``floor(ratio · n)`` per element of the integer tensor ``num_valid`` (same shape, int64)."""
-    return torch.floor(num_valid.to(torch.float64) * ratio + _FLOOR_SLACK).to(torch.int64)
+    """``floor(ratio · n)``, capped at ``n − 1`` (0 for n = 0), per element of the integer tensor ``num_valid``.
+
+    Same shape, int64. The cap only binds for ratios within the floor slack of 1 (e.g. 1 − 1e-12).
+    """
+    floor = torch.floor(num_valid.to(torch.float64) * ratio + _FLOOR_SLACK).to(torch.int64)
+    return torch.minimum(floor, (num_valid.to(torch.int64) - 1).clamp(min=0))
+
+
+def _rank_within_rows(key: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """B×T int64 rank of each position in its row: valid positions first by (key, position), then the rest.
+
+    `key` is float64 without NaN (callers map NaN to +inf); two stable sorts give the lexicographic order.
+    """
+    order = torch.sort(key, dim=1, stable=True).indices
+    invalid_in_order = (~valid).gather(1, order).to(torch.int8)
+    order = order.gather(1, torch.sort(invalid_in_order, dim=1, stable=True).indices)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return rank
 
 
 def _check(entropy: torch.Tensor, valid: torch.Tensor, ratio: float, scope: str) -> None:
@@ -53,21 +75,20 @@ def low_entropy_keep_mask(
 
     Args:
         entropy: B×T per-token predictive entropy (nats). Read only; no gradient flows through the mask.
+            NaN ranks as +inf (never dropped before a finite value); see the module docstring.
         valid: B×T bool, True where the token is a loss target.
         ratio: share of valid tokens to drop, in [0, 1).
         scope: "sequence" (n counted per row) or "batch" (n counted over the micro-batch).
 
     Returns:
-        B×T bool keep-mask; always False where ``valid`` is False.
+        B×T bool keep-mask; always False where ``valid`` is False; ``n − num_masked(n)`` True per scope.
     """
     _check(entropy, valid, ratio, scope)
     if scope == "batch":
         keep = low_entropy_keep_mask(entropy.reshape(1, -1), valid.reshape(1, -1), ratio, "sequence")
         return keep.reshape(valid.shape)
-    key = entropy.detach().to(torch.float64).masked_fill(~valid, math.inf)
-    order = torch.sort(key, dim=1, stable=True).indices  # valid positions first, by entropy, then position
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    key = entropy.detach().to(torch.float64)
+    rank = _rank_within_rows(key.masked_fill(key.isnan(), math.inf), valid)
     masked = num_masked(valid.sum(dim=1), ratio).unsqueeze(1)
     return valid & (rank >= masked)
 
