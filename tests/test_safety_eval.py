@@ -245,3 +245,23 @@ def test_two_gloo_processes_gather_the_single_process_responses(tokenizer, tmp_p
         make_tiny_model(tokenizer, seed=0).eval(), tokenizer, prompts, MAX_NEW_TOKENS, 1
     )
     assert [json.loads(path.read_text()) for path in outputs] == [expected, expected]
+
+
+def test_a_resumed_run_keeps_evaluations_up_to_its_resume_step(tokenizer, dataset, tmp_path):
+    from transformers import TrainerState
+
+    trainer = make_trainer(tokenizer, dataset, tmp_path)
+    callback = SafetyEvalCallback(trainer, SamplingJudge(), HARMFUL, max_new_tokens=MAX_NEW_TOKENS)
+    earlier = [
+        {"step": 2, "epoch": 1.0, SAFETY_RATIO_KEY: 0.5},
+        {"step": 4, "epoch": 2.0, SAFETY_RATIO_KEY: 0.25},
+    ]
+    sidecar = {"format": 1, **callback.settings(), "evaluations": earlier}
+    (tmp_path / SIDECAR_NAME).write_text(json.dumps(sidecar))
+    state = TrainerState()
+    state.global_step = 3  # resumed from checkpoint-3: the step-4 evaluation is redone
+    callback.on_train_begin(trainer.args, state, None)
+    assert callback.history == earlier[:1]
+    other = SafetyEvalCallback(trainer, SamplingJudge(), HARMFUL[:2], max_new_tokens=MAX_NEW_TOKENS)
+    other.on_train_begin(trainer.args, state, None)
+    assert other.history == []  # other prompts: nothing carried over
