@@ -311,3 +311,52 @@ def test_check_and_report_fixture_layout_matches_this_real_run(cli_run):
     assert set(handmade["groups"]) == set(real["groups"])
     for group, children in handmade["group_subtasks"].items():
         assert set(children) <= set(real["group_subtasks"][group]), group
+
+
+# ------------------------------------------------------------------ a misconfigured or failing judge
+
+
+def _dummy_run(tmp_path: Path, judge: str, template: str | None) -> tuple[subprocess.CompletedProcess, Path]:
+    """`slowed-eval --model dummy --tasks slowed_safety,slowed_arc_easy --limit 3` (lm-eval's dummy model
+    answers at random; seconds, no model to load) into `tmp_path/out`, with the given judge settings."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "SLOWED_JUDGE": judge}
+    env["SLOWED_DATA_DIR"] = str(write_sample_data_dir(tmp_path / "data", rows_per_file=3))
+    env.pop("SLOWED_GENERATIONS_DIR", None)  # slowed-eval puts them under --output_path
+    env.pop("SLOWED_JUDGE_TEMPLATE", None)
+    if template is not None:
+        env["SLOWED_JUDGE_TEMPLATE"] = template
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "slowed.evaluation", "--model", "dummy", "--limit", "3", "--log_samples"]
+    command += ["--tasks", "slowed_safety,slowed_arc_easy", "--output_path", str(output)]
+    completed = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, check=False)
+    return completed, output
+
+
+def test_misconfigured_judge_is_refused_before_any_generation(tmp_path):
+    completed, output = _dummy_run(tmp_path, judge="nonsense", template=None)
+    assert completed.returncode != 0
+    assert "slowed_safety: the safety judge is misconfigured" in completed.stderr
+    assert "SLOWED_JUDGE_TEMPLATE" in completed.stderr
+    assert not list(output.rglob("*_generations.jsonl"))  # stopped before generating anything
+
+
+def test_judge_failing_at_load_keeps_generations_and_the_other_tasks(tmp_path):
+    """A judge that passes the checks but fails when loaded (a hub id, offline): ARC is scored and saved,
+    the safety metrics are NaN (not 0, not a pass), the generations and a failure record are kept."""
+    completed, output = _dummy_run(tmp_path, judge="slowed-tests/no-such-guard", template="walledguard-c")
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    results, samples = _outputs(output)
+    scores = results["results"]
+    assert isinstance(scores["slowed_arc_easy"]["exact_match,none"], float)
+    assert len(samples["slowed_arc_easy"]) == 3
+    assert all(
+        scores["slowed_safety"][key] != scores["slowed_safety"][key]
+        for key in ("safety_ratio,judge", "judge_unknown_rate,judge")
+    )  # NaN
+    [failure_file] = output.rglob("slowed_safety_*_judge_failed.json")
+    failure = json.loads(failure_file.read_text(encoding="utf-8"))
+    assert "slowed-tests/no-such-guard" in failure["error"]
+    generations = [json.loads(line) for line in Path(failure["generations_file"]).read_text().splitlines()]
+    assert [g["resps"] for g in generations] == [s["resps"] for s in samples["slowed_safety"]]
+    assert f"slowed-eval judge --samples {failure['generations_file']}" in completed.stderr
+    assert "ERROR" in completed.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,29 +55,90 @@ def load_judge(spec: str | None = None, **guard_options: Any) -> Judge:
     Guard options (batch_size, max_new_tokens, device, dtype, revision) come from `guard_options`, else
     from the SLOWED_JUDGE_* variables in `GUARD_OPTION_ENVS`.
     """
-    spec = (spec if spec is not None else os.environ.get(JUDGE_ENV, "")).strip() or DEFAULT_JUDGE
+    return judge_factory(spec, **guard_options)()
+
+
+def check_judge_spec(spec: str | None = None, **guard_options: Any) -> None:
+    """Validate what `load_judge(spec)` would build without loading any model or downloading anything.
+
+    Checks the spec form, $SLOWED_JUDGE_TEMPLATE, the guard options, that a local guard path exists and
+    that a hub id is syntactically valid (its existence on the hub is not checked: that needs the network).
+    Raises ValueError naming the variable and the fix.
+    """
+    judge_factory(spec, **guard_options)
+
+
+def judge_factory(spec: str | None = None, **guard_options: Any) -> Callable[[], Judge]:
+    """A zero-argument builder of the judge `load_judge(spec)` returns; everything that can be checked
+    without loading a model (spec, template, guard path, options) is checked here, before it is returned."""
+    spec, origin = _resolve_spec(spec)
     if spec in refusal_judge_names():
-        return load_refusal_judge(spec)
+        return lambda: load_refusal_judge(spec)
     if spec.startswith(WALLEDEVAL_PREFIX):
-        return _load_walledeval_judge(spec[len(WALLEDEVAL_PREFIX) :])
+        judge_class = _walledeval_class(spec[len(WALLEDEVAL_PREFIX) :])
+        return lambda: _build_walledeval_judge(judge_class)
     options = {**guard_options_from_env(), **guard_options}
     if spec in GUARD_PRESETS:
-        return GuardModelJudge.from_preset(spec, **options)
+        return lambda: GuardModelJudge.from_preset(spec, **options)
     template_spec = os.environ.get(TEMPLATE_ENV, "").strip()
     if not template_spec:
         where = "a local directory" if Path(spec).expanduser().exists() else "a guard model id or path"
         raise ValueError(
-            f"judge spec {spec!r} is not 'keywords', a preset ({', '.join(sorted(GUARD_PRESETS))}) or "
+            f"judge spec {spec!r} ({origin}) is not 'keywords', a preset ({', '.join(sorted(GUARD_PRESETS))}) or "
             f"'walledeval:<ClassName>', so it is read as {where}, which needs {TEMPLATE_ENV}: set it to a "
             f"preset name, 'chat' (the guard's chat template), or a file whose template has {{response}}"
         )
+    _check_guard_location(spec, origin)
     template, template_name = read_template_spec(template_spec)
-    return GuardModelJudge(spec, template, template_name=template_name, **options)
+    return lambda: GuardModelJudge(spec, template, template_name=template_name, **options)
 
 
-def _load_walledeval_judge(class_name: str) -> Judge:
-    from slowed.judges.walledeval_adapter import WalledEvalJudge
+def _resolve_spec(spec: str | None) -> tuple[str, str]:
+    """(spec, where it came from): the argument, else $SLOWED_JUDGE, else the default."""
+    if spec is not None and spec.strip():
+        return spec.strip(), "given explicitly"
+    from_env = os.environ.get(JUDGE_ENV, "").strip()
+    if from_env:
+        return from_env, f"set by {JUDGE_ENV}"
+    return DEFAULT_JUDGE, "the default"
 
+
+def looks_like_path(spec: str) -> bool:
+    """True for a spec that can only be a local path: starts with '.', '/' or '~', has a backslash, or has
+    more than one '/' (a hub id is 'name' or 'namespace/name')."""
+    return spec.startswith((".", "/", "~")) or "\\" in spec or spec.count("/") > 1
+
+
+def _check_guard_location(spec: str, origin: str) -> None:
+    """A guard given as a path must be an existing directory; otherwise the spec must be a valid hub id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(
+                f"guard model {spec!r} ({origin}) is a file; point {JUDGE_ENV} at the guard's model directory "
+                "(the folder with config.json) or a hub id"
+            )
+        return
+    if looks_like_path(spec):
+        raise ValueError(
+            f"guard model path {path} ({origin}) does not exist; point {JUDGE_ENV} at an existing model "
+            "directory or a hub id such as walledai/walledguard-c"
+        )
+    try:
+        validate_repo_id(spec)
+    except HFValidationError as error:
+        raise ValueError(
+            f"guard model {spec!r} ({origin}) is neither an existing directory nor a valid hub model id "
+            f"({error}); set {JUDGE_ENV} to a model directory, a hub id, or one of 'keywords', "
+            f"{', '.join(sorted(GUARD_PRESETS))}"
+        ) from error
+
+
+def _walledeval_class(class_name: str) -> type:
+    """The class `walledeval.judge.<class_name>`, checked to exist (the optional package is imported)."""
     try:
         import walledeval.judge as walledeval_judges
     except ImportError as error:
@@ -89,10 +151,16 @@ def _load_walledeval_judge(class_name: str) -> Judge:
         raise ValueError(
             f"walledeval.judge has no judge class {class_name!r}; choose one of {walledeval_judges.__all__}"
         )
+    return judge_class
+
+
+def _build_walledeval_judge(judge_class: type) -> Judge:
+    from slowed.judges.walledeval_adapter import WalledEvalJudge
+
     try:
         return WalledEvalJudge(judge_class())
     except TypeError as error:
         raise ValueError(
-            f"walledeval.judge.{class_name} cannot be built without arguments ({error}); build it in Python "
-            "and wrap it: slowed.judges.WalledEvalJudge(walledeval.judge.{class_name}(...))"
+            f"walledeval.judge.{judge_class.__name__} cannot be built without arguments ({error}); build it in "
+            f"Python and wrap it: slowed.judges.WalledEvalJudge(walledeval.judge.{judge_class.__name__}(...))"
         ) from error
