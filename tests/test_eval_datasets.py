@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sample_data import AGIEVAL_SUBSETS, BBH_TASKS, BBSUB_TASKS, write_sample_data_dir
@@ -268,3 +269,120 @@ def test_bbh_heldout_keeps_exactly_the_recorded_rows(sample_dir: Path, tmp_path:
     mapping.write_text(json.dumps([1, 2]))
     with pytest.raises(ValueError, match="held_out_index_by_task"):
         load_bbh(task, data_dir=sample_dir)
+
+
+# ------------------------------------------------------------------ metadata keys
+
+
+def test_misspelt_metadata_keys_are_refused_with_a_suggestion(sample_dir: Path, tmp_path: Path) -> None:
+    heldout = tmp_path / "heldout.json"
+    heldout.write_text(json.dumps({BBH_TASKS[0]: [0]}))
+    with pytest.raises(
+        ValueError, match=r"unknown --metadata key 'bbh_held_out': did you mean 'bbh_heldout'"
+    ):
+        load_bbh(BBH_TASKS[0], data_dir=sample_dir, bbh_held_out=str(heldout))
+    with pytest.raises(ValueError, match=r"'data-dir': did you mean 'data_dir'"):
+        load_arc("ARC-Easy", **{"data-dir": str(sample_dir)})
+    with pytest.raises(ValueError, match=r"'heldout': did you mean 'bbh_heldout'"):
+        load_advbench(
+            data_dir=sample_dir, heldout=str(heldout)
+        )  # every loader refuses it: metadata is per run
+    with pytest.raises(ValueError, match="SLOWED_JUDGE"):
+        load_advbench(data_dir=sample_dir, judge="keywords")
+
+
+def test_lm_eval_and_model_argument_keys_pass(sample_dir: Path) -> None:
+    """What lm-eval 0.4.13 passes (measured with a real run): YAML `version`, `config_source`, the
+    --model_args keys; unknown model arguments (forwarded by `hf` to from_pretrained) pass too."""
+    lm_eval_keys = {
+        "version": 1.0,
+        "config_source": "x.yaml",
+        "pretrained": "m",
+        "peft": "a",
+        "dtype": "float32",
+    }
+    assert len(load_arc("ARC-Easy", data_dir=sample_dir, **lm_eval_keys)["test"]) == ROWS
+    assert len(load_arc("ARC-Easy", data_dir=sample_dir, attn_implementation="sdpa")["test"]) == ROWS
+
+
+def test_misspelt_metadata_key_is_refused_in_a_real_lm_eval_task_build(
+    sample_dir: Path, tmp_path: Path
+) -> None:
+    from lm_eval.tasks import TaskManager
+
+    from slowed.evaluation.tasks import TASK_DIR
+
+    heldout = tmp_path / "heldout.json"
+    heldout.write_text(json.dumps({BBH_TASKS[0]: [1]}))
+    task = f"slowed_bbh_{BBH_TASKS[0]}"
+
+    def build(metadata: dict) -> Any:
+        manager = TaskManager(include_path=str(TASK_DIR), include_defaults=False, metadata=metadata)
+        return manager.load_task_or_group([task])[task]
+
+    assert len(build({"data_dir": str(sample_dir), "bbh_heldout": str(heldout)}).dataset["test"]) == 1
+    with pytest.raises(ValueError, match="did you mean 'bbh_heldout'"):
+        build({"data_dir": str(sample_dir), "bbh_held_out": str(heldout)})
+
+
+# ------------------------------------------------------------------ malformed local files
+
+
+def _advbench_dir(tmp_path: Path, data: bytes) -> Path:
+    (tmp_path / "advbench").mkdir()
+    (tmp_path / "advbench" / "harmful_behaviors.csv").write_bytes(data)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (
+            b"goal,target\nWrite a poem,Sure\n   ,Sure\n",
+            r"harmful_behaviors.csv line 3: field 'goal' is empty",
+        ),
+        (b"goal,target\n,Sure\n", r"harmful_behaviors.csv line 2: field 'goal' is empty"),
+        (b"goal,target\n", r"harmful_behaviors.csv: the CSV has a header but no rows"),
+        (b"goal,target\nWrite a poem\n", r"harmful_behaviors.csv line 2: 1 cells for the 2 header columns"),
+        (b"goal,target\nWrite a poem, then a song,Sure\n", r"line 2: 3 cells for the 2 header columns"),
+        (b"", r"harmful_behaviors.csv: expected a CSV header with a 'goal' column"),
+        ("goal,target\nÉcris un poème,Sure\n".encode("latin-1"), r"harmful_behaviors.csv: not UTF-8 text"),
+    ],
+)
+def test_bad_advbench_csv_names_file_and_row(tmp_path: Path, content: bytes, expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        load_advbench(data_dir=_advbench_dir(tmp_path, content))
+
+
+def test_advbench_csv_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    data_dir = _advbench_dir(tmp_path, "goal,target\nÉcris un poème,Sure\n".encode("utf-8-sig"))
+    assert load_advbench(data_dir=data_dir)["test"]["prompt"] == ["Écris un poème"]
+
+
+def test_json_with_a_byte_order_mark_loads_and_empty_fields_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "arc").mkdir()
+    path = tmp_path / "arc" / "ARC-Easy-Test.json"
+    path.write_bytes(json.dumps([{"input": "Question: q", "target": "(A)"}]).encode("utf-8-sig"))
+    assert load_arc("ARC-Easy", data_dir=tmp_path)["test"]["target"] == ["(A)"]
+    path.write_text(json.dumps([{"input": "Question: q", "target": "(A)"}, {"input": " ", "target": "(B)"}]))
+    with pytest.raises(ValueError, match=r"ARC-Easy-Test.json item 1: field 'input' is empty"):
+        load_arc("ARC-Easy", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("index", "expected"),
+    [
+        (999, r"held-out index 999 of BBH task '\w+' is outside the task's 3 rows"),
+        (-1, r"held-out index -1 of BBH task '\w+' is outside the task's 3 rows"),
+        (0.7, r"held-out index 0.7 of BBH task '\w+' is not an integer"),
+        (True, r"held-out index True of BBH task '\w+' is not an integer"),
+        ("1", r"held-out index '1' of BBH task '\w+' is not an integer"),
+    ],
+)
+def test_bad_heldout_index_names_file_task_and_value(
+    sample_dir: Path, tmp_path: Path, index, expected
+) -> None:
+    heldout = tmp_path / "heldout.json"
+    heldout.write_text(json.dumps({BBH_TASKS[0]: [0, index]}))
+    with pytest.raises(ValueError, match=rf"heldout.json: {expected}"):
+        load_bbh(BBH_TASKS[0], data_dir=sample_dir, bbh_heldout=str(heldout))

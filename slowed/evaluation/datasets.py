@@ -1,14 +1,22 @@
 """Dataset loaders for the lm-eval tasks (``custom_dataset: !function slowed.evaluation.datasets.<fn>``).
 
 lm-eval 0.4.13 calls a task's ``custom_dataset`` with the ``--metadata`` keys (merged over the YAML
-``metadata`` and the ``--model_args``) plus the YAML ``dataset_kwargs`` as keyword arguments, so each
-loader takes ``subset`` (from ``dataset_kwargs``), ``data_dir`` (from ``--metadata``) and ignores the
-rest. Every loader returns a ``DatasetDict`` with one ``test`` split.
+``metadata`` and the ``--model_args``) plus the YAML ``dataset_kwargs`` as keyword arguments. Measured in
+a real run: ``version`` (YAML metadata), ``config_source`` (added by lm-eval), every ``--model_args`` key
+(``pretrained``, ``peft``, ...), every ``--metadata`` key and the ``dataset_kwargs``. Each loader takes
+``subset`` (from ``dataset_kwargs``) and ``data_dir`` (from ``--metadata``); ``load_bbh`` also
+``bbh_heldout``. The rest goes through :func:`check_metadata_keys`: a key that looks like a misspelt
+slowed key (``bbh_held_out``, ``data-dir``) or a judge option is refused with a "did you mean" (a typo
+must not silently turn the held-out filter off); any other key is taken for a model argument (lm-eval
+merges ``--model_args`` into the metadata, and ``hf`` forwards unknown ones to ``from_pretrained``) and
+is let through with one warning per key unless it is a parameter of lm-eval's ``HFLM``. Every loader
+returns a ``DatasetDict`` with one ``test`` split.
 
 Data source: the Hugging Face hub by default; a local directory in the ``../shared/data`` layout when
 ``--metadata '{"data_dir": DIR}'`` is given or the environment variable ``SLOWED_DATA_DIR`` is set
 (``data_dir`` wins). Local files are read with the standard library, so nothing depends on the
-working directory or writes a cache.
+working directory or writes a cache. They must be UTF-8 (a byte-order mark is accepted); text fields
+must be non-empty, and a bad file or row is reported with the file, the row and the field.
 
 Reasoning rows have two columns: ``question`` (the user message exactly as in training,
 ``slowed.prompting.user_message(text)["content"]``) and ``target`` (the gold answer: "(B)" for
@@ -20,7 +28,12 @@ give the same prompts. AdvBench rows have one column, ``prompt``.
 from __future__ import annotations
 
 import csv
+import difflib
+import functools
+import inspect
+import io
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -96,6 +109,17 @@ HUB_AGIEVAL = "hails/agieval-{subset}"
 HUB_BIGBENCH = "tasksource/bigbench"
 HUB_ADVBENCH = "walledai/AdvBench"
 
+#: Keys lm-eval 0.4.13 itself passes to every ``custom_dataset`` (measured: the YAML ``metadata: version``
+#: and ``config_source``, the YAML file's path).
+LM_EVAL_METADATA_KEYS = frozenset({"version", "config_source"})
+#: ``--metadata`` keys the slowed loaders read (every loader accepts all of them: metadata is per run).
+METADATA_KEYS = ("data_dir", "bbh_heldout")
+#: ``dataset_kwargs`` of the slowed task YAMLs (the safety tasks repeat their filter's task and judge so
+#: that ``load_advbench`` can check the judge before any generation).
+DATASET_KWARGS = ("subset", "safety_filter_task", "safety_filter_judge")
+_WARNED_KEYS: set[str] = set()
+logger = logging.getLogger("lm_eval.slowed")
+
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _AGIEVAL_OPTION_PREFIX = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])\s*[.．)])\s*")
 _BIGBENCH_CHOICE_LINE = re.compile(r"^\s*choice:\s")
@@ -159,34 +183,88 @@ def _field(row: Mapping[str, Any], field: str, where: str, kinds: tuple[type, ..
         raise ValueError(
             f"{where}: field '{field}' must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}"
         )
+    if isinstance(value, str) and not value.strip() and type(None) not in kinds:
+        raise ValueError(f"{where}: field '{field}' is empty; fill it in or drop the row")
     return value
+
+
+def _read_text(path: Path) -> str:
+    """The file's text as UTF-8 (a byte-order mark is dropped); ValueError naming the file otherwise."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({error}); re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from error
 
 
 def _read_json(path: Path) -> Any:
     try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {number}"
-            try:
-                rows.append((where, json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error})") from error
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            rows.append((where, json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: not valid JSON ({error})") from error
     return rows
 
 
 def _check_subset(subset: str, allowed: Iterable[str], family: str) -> None:
     if subset not in allowed:
         raise ValueError(f"unknown {family} subset {subset!r}; expected one of: {', '.join(allowed)}")
+
+
+def check_metadata_keys(metadata: Mapping[str, Any]) -> None:
+    """Refuse metadata keys that look like misspelt slowed keys or judge options; warn once about others.
+
+    ``metadata`` is what a loader received beyond its own parameters. Allowed silently: the slowed keys
+    (:data:`METADATA_KEYS`, :data:`DATASET_KWARGS`), lm-eval's own (:data:`LM_EVAL_METADATA_KEYS`) and the
+    parameters of lm-eval's ``HFLM`` (model args reach loaders too). A key whose normalised form
+    (lower case, "-" as "_") is close to a slowed key (``difflib`` ratio >= 0.6) raises ValueError with
+    a "did you mean"; a key mentioning "judge" raises ValueError pointing at $SLOWED_JUDGE. Any other key
+    is logged once as a warning (it is probably a model argument) and ignored.
+    """
+    known = {*METADATA_KEYS, *DATASET_KWARGS, *LM_EVAL_METADATA_KEYS}
+    for key in metadata:
+        if key in known or key in _hflm_parameters():
+            continue
+        normalised = str(key).strip().lower().replace("-", "_")
+        if "judge" in normalised:
+            raise ValueError(
+                f"--metadata key {key!r}: the safety judge is not set through --metadata (lm-eval filters do "
+                "not see it); set the environment variable SLOWED_JUDGE (and SLOWED_JUDGE_TEMPLATE) instead"
+            )
+        close = difflib.get_close_matches(normalised, METADATA_KEYS, n=1, cutoff=0.6)
+        if close:
+            raise ValueError(
+                f"unknown --metadata key {key!r}: did you mean {close[0]!r}? The slowed tasks read "
+                f"{', '.join(METADATA_KEYS)}; a misspelt key would be ignored (e.g. the BBH held-out filter "
+                "silently off), so it is refused. Fix the key in --metadata."
+            )
+        if key not in _WARNED_KEYS:
+            _WARNED_KEYS.add(key)
+            logger.warning(
+                "metadata key %r is not read by the slowed tasks (they read %s); taken for a model argument "
+                "and ignored by the data loaders",
+                key,
+                ", ".join(METADATA_KEYS),
+            )
+
+
+@functools.cache
+def _hflm_parameters() -> frozenset[str]:
+    from lm_eval.models.huggingface import HFLM
+
+    return frozenset(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -317,6 +395,7 @@ def load_bbh(
     ``bbh_heldout`` (``--metadata`` key, else ``$SLOWED_BBH_HELDOUT``) restricts the task to the rows a
     training run held out (see :func:`heldout_indices`): the BBH teacher rationales are the BBH test rows.
     """
+    check_metadata_keys(metadata)
     _check_subset(subset, BBH_TASKS, "BBH")
     source = resolve_data_dir(data_dir)
     if source is None:
@@ -329,18 +408,22 @@ def load_bbh(
         for index, example in enumerate(examples):
             where = f"{path} examples[{index}]"
             rows.append(_reasoning_row(_field(example, "input", where), _field(example, "target", where)))
-    keep = heldout_indices(subset, bbh_heldout)
+    keep = heldout_indices(subset, bbh_heldout, num_rows=len(rows))
     if keep is not None:
         rows = [row for index, row in enumerate(rows) if index in keep]
     return _test_split(rows)
 
 
-def heldout_indices(task: str, heldout: str | os.PathLike | None = None) -> set[int] | None:
+def heldout_indices(
+    task: str, heldout: str | os.PathLike | None = None, num_rows: int | None = None
+) -> set[int] | None:
     """The BBH row indices of ``task`` that a training run held out, or None to evaluate every row.
 
     ``heldout`` (else ``$SLOWED_BBH_HELDOUT``) is a training run's ``slowed_run.json`` (its
     ``data.held_out_index_by_task``, written by ``recipes/slowed_sft.py``) or a JSON object
-    ``{task: [index, ...]}``. Indices are 0-based positions in the BBH task file, as in the teacher files.
+    ``{task: [index, ...]}``. Indices are 0-based positions in the BBH task file, as in the teacher files:
+    each must be a JSON integer (not a float or a boolean) in ``[0, num_rows)``, else ValueError naming
+    the file, the task and the value.
     """
     if heldout in (None, ""):
         heldout = os.environ.get(HELDOUT_ENV, "") or None
@@ -360,11 +443,23 @@ def heldout_indices(task: str, heldout: str | os.PathLike | None = None) -> set[
             f"{path} holds no held-out rows for BBH task {task!r} (tasks present: {sorted(data) or 'none'}): "
             "train with --test_fraction > 0, or evaluate without bbh_heldout / $SLOWED_BBH_HELDOUT."
         )
-    return {int(index) for index in data[task]}
+    for index in data[task]:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(
+                f"{path}: held-out index {index!r} of BBH task {task!r} is not an integer; the indices are "
+                "0-based row positions in the task file (write them as JSON integers)"
+            )
+        if num_rows is not None and not 0 <= index < num_rows:
+            raise ValueError(
+                f"{path}: held-out index {index} of BBH task {task!r} is outside the task's {num_rows} rows "
+                f"[0, {num_rows}); was the file written for another version of the BBH data?"
+            )
+    return set(data[task])
 
 
 def load_arc(subset: str, data_dir: str | os.PathLike | None = None, **metadata: Any) -> DatasetDict:
     """ARC test set ``subset`` ("ARC-Easy" / "ARC-Challenge"): hub or ``<data_dir>/arc/<subset>-Test.json``."""
+    check_metadata_keys(metadata)
     _check_subset(subset, ARC_FILES, "ARC")
     source = resolve_data_dir(data_dir)
     if source is None:
@@ -383,6 +478,7 @@ def load_arc(subset: str, data_dir: str | os.PathLike | None = None, **metadata:
 
 def load_agieval(subset: str, data_dir: str | os.PathLike | None = None, **metadata: Any) -> DatasetDict:
     """AGIEval English subset (test): ``hails/agieval-<subset>`` or ``<data_dir>/agieval/<subset>.jsonl``."""
+    check_metadata_keys(metadata)
     _check_subset(subset, AGIEVAL_SUBSETS, "AGIEval")
     source = resolve_data_dir(data_dir)
     hub_id = HUB_AGIEVAL.format(subset=subset)
@@ -400,6 +496,7 @@ def load_bbsub(subset: str, data_dir: str | os.PathLike | None = None, **metadat
     (``tasksource/bigbench`` has no test split). Local: every ``{"input", "target"}`` row of the file,
     ``input`` formatted like the ARC files and ``target`` the option label, e.g. "(B)".
     """
+    check_metadata_keys(metadata)
     _check_subset(subset, BBSUB_TASKS, "BB-Sub")
     source = resolve_data_dir(data_dir)
     if source is None:
@@ -417,12 +514,28 @@ def load_bbsub(subset: str, data_dir: str | os.PathLike | None = None, **metadat
     return _test_split(rows)
 
 
-def load_advbench(data_dir: str | os.PathLike | None = None, **metadata: Any) -> DatasetDict:
+def load_advbench(
+    data_dir: str | os.PathLike | None = None,
+    safety_filter_task: str | None = None,
+    safety_filter_judge: str | None = None,
+    **metadata: Any,
+) -> DatasetDict:
     """AdvBench harmful behaviours (520 prompts) as a ``prompt`` column in a ``test`` split.
 
     Hub ``walledai/AdvBench`` (column ``prompt``) or ``<data_dir>/advbench/harmful_behaviors.csv``
-    (column ``goal``).
+    (column ``goal``; UTF-8, a byte-order mark accepted). Every prompt must be a non-empty string; a row
+    with more or fewer cells than the header (an unquoted comma) is refused, naming the file and line.
+
+    ``safety_filter_task`` / ``safety_filter_judge`` (the safety YAMLs' ``dataset_kwargs``, the same as
+    their ``SafetyJudgeFilter``'s ``task`` / ``judge``): when given, the judge setup is checked here
+    (:func:`slowed.evaluation.safety.check_judge_setup`), i.e. when lm-eval builds the task, before any
+    generation.
     """
+    check_metadata_keys(metadata)
+    if safety_filter_task is not None:
+        from slowed.evaluation.safety import check_judge_setup
+
+        check_judge_setup(safety_filter_task, safety_filter_judge)
     source = resolve_data_dir(data_dir)
     if source is None:
         hub = _load_hub(HUB_ADVBENCH, None, "train")
@@ -430,9 +543,28 @@ def load_advbench(data_dir: str | os.PathLike | None = None, **metadata: Any) ->
             {"prompt": _field(row, "prompt", f"{HUB_ADVBENCH} row {i}")} for i, row in enumerate(hub)
         )
     path = _local_file(source, "advbench/harmful_behaviors.csv", HUB_ADVBENCH)
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if "goal" not in (reader.fieldnames or []):
-            raise ValueError(f"{path}: expected a CSV header with a 'goal' column, got {reader.fieldnames}")
-        prompts = [{"prompt": row["goal"]} for row in reader]
-    return _test_split(prompts)
+    return _test_split({"prompt": goal} for goal in read_advbench_csv(path))
+
+
+def read_advbench_csv(path: Path) -> list[str]:
+    """The ``goal`` cells of an AdvBench CSV, checked row by row (see :func:`load_advbench`)."""
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    try:
+        header = reader.fieldnames or []
+        if "goal" not in header:
+            raise ValueError(f"{path}: expected a CSV header with a 'goal' column, got {header or 'nothing'}")
+        goals = []
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            if None in row or None in row.values():
+                cells = len(header) + len(row.get(None, [])) - sum(v is None for v in row.values())
+                raise ValueError(
+                    f"{where}: {cells} cells for the {len(header)} header columns {header}; quote cells "
+                    "that contain commas"
+                )
+            goals.append(_field(row, "goal", where))
+    except csv.Error as error:
+        raise ValueError(f"{path} line {reader.line_num}: unreadable CSV ({error})") from error
+    if not goals:
+        raise ValueError(f"{path}: the CSV has a header but no rows; expected one harmful behaviour per row")
+    return goals
