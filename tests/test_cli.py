@@ -97,10 +97,10 @@ def test_task_manager_indexes_our_tasks_and_user_tasks_override_ours(tmp_path):
     assert Path(manager.task_index["slowed_arc_easy"].yaml_path) == tmp_path / "arc.yaml"
 
 
-def test_top_group_is_safety_id_ood_as_siblings_without_aggregate():
+def test_top_group_is_safety_xstest_id_ood_as_siblings_without_aggregate():
     config = yaml.safe_load((TASK_DIR / "slowed.yaml").read_text(encoding="utf-8"))
     assert config["group"] == "slowed"
-    assert config["task"] == ["slowed_safety", "slowed_id", "slowed_ood"]
+    assert config["task"] == ["slowed_safety", "slowed_xstest", "slowed_id", "slowed_ood"]
     assert "aggregate_metric_list" not in config
 
 
