@@ -167,8 +167,9 @@ class AlignScriptArguments:
         return Path(self.testbed_dir).expanduser() if self.testbed_dir else aligned_cache_dir()
 
     def build_settings(self) -> dict[str, Any]:
-        """The arguments that determine the weights (not where they go, nor how they are measured)."""
-        skip = {"testbed_dir", "measure", "judge", "eval_max_new_tokens", "generation_batch_size", "rebuild"}
+        """The arguments that determine the weights (the generation batch size shapes the own answers), not
+        where they go nor how they are measured."""
+        skip = {"testbed_dir", "measure", "judge", "eval_max_new_tokens", "rebuild"}
         return {key: value for key, value in asdict(self).items() if key not in skip}
 
 
@@ -340,7 +341,12 @@ def benign_answers(
     from slowed.safety_eval import generate_responses
 
     path = benign_cache_path(args.target_dir())
-    key = {**cache_key, "questions_sha256": _sha256(questions), "max_new_tokens": args.benign_max_new_tokens}
+    key = {
+        **cache_key,
+        "questions_sha256": _sha256(questions),
+        "max_new_tokens": args.benign_max_new_tokens,
+        "batch_size": args.generation_batch_size,  # left-padded batches can change a greedy token
+    }
     try:
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
