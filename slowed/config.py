@@ -126,11 +126,15 @@ class SLowEDConfig(SFTConfig):
 
     Parameters:
         entropy_mask_ratio (`float`, defaults to `0.0`):
-            Low-Entropy Masking ratio k in [0, 1): the floor(k·n) lowest-entropy of the n eligible completion
-            tokens of each scope are dropped from the loss. 0 disables LEM.
+            Low-Entropy Masking ratio k in [0, 1): the floor(k·n) lowest-entropy of the n eligible tokens of each
+            scope are dropped from the loss. 0 disables LEM. Eligible = target tokens that carry loss
+            (labels != -100): the completion with TRL's default completion-only loss; prompt tokens too with
+            `completion_only_loss=False` or a language-modelling dataset (the trainer then warns).
         entropy_mask_selection (`str`, defaults to `"lowest"`):
             Which tokens are dropped at rate k: `"lowest"` entropy (SLowED), or the controls `"highest"` entropy
-            and `"random"` (uniform, seeded from `seed` and the optimizer step, so runs and resumes repeat).
+            and `"random"` (uniform and seeded, so runs and resumes repeat: online from `seed`, the optimizer step,
+            the micro-batch and the process; initial from `seed` and the example's position in the training set,
+            independent of batching).
         entropy_mask_scope (`str`, defaults to `"sequence"`):
             Where the k-quantile is taken: `"sequence"` (each sequence on its own; independent of batch size,
             gradient accumulation and world size) or `"batch"` (over each micro-batch).

@@ -1,7 +1,8 @@
 """Low-Entropy Masking (LEM): pure tensor functions, no TRL.
 
 Shapes: ``B`` sequences of ``T`` target positions (already shifted: position t scores ``labels[:, t + 1]``).
-``valid`` marks the eligible target tokens (completion tokens, ``labels != -100``).
+``valid`` marks the eligible target tokens: those that carry loss (``labels != -100``), i.e. the completion
+tokens under TRL's default completion-only loss.
 
 Among the ``n`` valid tokens of a *scope* (one sequence, or the whole micro-batch) the ``floor(ratio · n)``
 lowest-entropy tokens are dropped from the loss, so ``n − floor(ratio · n)`` are kept. The floor is taken in
