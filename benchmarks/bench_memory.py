@@ -53,7 +53,7 @@ def peak() -> float:
 def measure_one(name: str, args: argparse.Namespace) -> dict[str, float]:
     """Build `name`, reset the peak, train `args.steps` steps; memory at the reset and the peak (MiB)."""
     model_path = step.resolve_model_path(args.model)
-    rows = step.training_rows(args.batch_size, args.batches)
+    rows = step.training_rows(args.batch_size, args.batches, args.row_repeats)
     if name in step.HAND_LOOPS:
         stock = step.build_trainer("stock", args, model_path, rows, args.steps, TrainerCallback())
         batches = step.collated_batches(stock, args.batches, args.device)
@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument(
+        "--row-repeats", type=int, default=1, help="write each rationale N times (longer rows)"
+    )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -74,6 +74,12 @@ HAND_LOOPS = ("hand", "hand_lem")
 # ------------------------------------------------------------------------------------------- turn taking
 
 
+def synchronize() -> None:
+    """Wait for queued CUDA work, so that a turn's time holds its own kernels only (no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 class TurnScheduler:
     """Lets one participant run at a time, in a fixed schedule, and records each turn's wall and CPU time.
 
@@ -90,6 +96,7 @@ class TurnScheduler:
 
     def wait_turn(self, name: str) -> None:
         """Block until it is `name`'s turn, then start its clocks."""
+        synchronize()
         with self.condition:
             self.condition.wait_for(lambda: self.schedule[self.position] == name)
         self.current = name
@@ -97,6 +104,7 @@ class TurnScheduler:
 
     def end_turn(self, name: str, release: bool = True) -> None:
         """Record `name`'s turn; with `release`, hand the turn to the next participant."""
+        synchronize()
         wall, cpu = time.perf_counter() - self._started[0], time.process_time() - self._started[1]
         self.turns[name].append((wall, cpu))
         if release:
@@ -187,10 +195,22 @@ class TurnCallback(TrainerCallback):
 # ---------------------------------------------------------------------------------------------- set-up
 
 
-def training_rows(batch_size: int, batches: int, seed: int = 0) -> Dataset:
-    """`batch_size × batches` built-in corpus rows (seeded shuffle) in TRL's prompt/completion format."""
-    rows = to_prompt_completion(load_cot_corpus("builtin")).shuffle(seed=seed)
-    return rows.select(range(batch_size * batches))
+def training_rows(batch_size: int, batches: int, repeats: int = 1, seed: int = 0) -> Dataset:
+    """`batch_size × batches` built-in corpus rows (seeded shuffle) in TRL's prompt/completion format; with
+    `repeats` > 1 each completion is its rationale written `repeats` times (longer rows, e.g. 1024 tokens)."""
+    rows = (
+        to_prompt_completion(load_cot_corpus("builtin"))
+        .shuffle(seed=seed)
+        .select(range(batch_size * batches))
+    )
+    if repeats == 1:
+        return rows
+
+    def lengthen(row: dict[str, Any]) -> dict[str, Any]:
+        message = row["completion"][0]
+        return {"completion": [{**message, "content": "\n".join([message["content"]] * repeats)}]}
+
+    return rows.map(lengthen)
 
 
 def lora_config(rank: int) -> LoraConfig:
@@ -456,7 +476,7 @@ def run(args: argparse.Namespace) -> ResultsSection:
         )
     torch.manual_seed(0)
     model_path = resolve_model_path(args.model)
-    rows = training_rows(args.batch_size, args.batches)
+    rows = training_rows(args.batch_size, args.batches, args.row_repeats)
     steps = args.rounds + 1  # round 0 is the warm-up
     scheduler = TurnScheduler(order, steps)
     clock = PhaseClock(scheduler)
@@ -532,6 +552,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=8, help="distinct batches, cycled")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument(
+        "--row-repeats", type=int, default=1, help="write each rationale N times (longer rows)"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (≥ 5 for the paired medians)")
     parser.add_argument("--profile-top", type=int, default=12, help="rows of the profiler table; 0 skips it")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
