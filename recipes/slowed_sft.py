@@ -38,14 +38,24 @@ Outputs in `output_dir`: the adapter (or the full model without `--use_peft`) an
 `slowed_run.json`: every SLowED knob, the model, the data, the final metrics and the log history.
 """
 
+import contextvars
+import difflib
 import json
 import os
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 SUMMARY_FILE = "slowed_run.json"
 COLUMN_FIELDS = ("question", "rationale", "answer", "task", "index", "correct")
+COMMAND_LINE = "the command line"
+#: {option name: where it was set} for the parse in progress (`SLowEDParser`), read by the dataclasses'
+#: checks so their errors name the YAML file or the command line.
+OPTION_SOURCES: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "option_sources", default=None
+)
 
 
 @dataclass
@@ -117,19 +127,21 @@ class SLowEDScriptArguments:
         ignored = self._ignored_options()
         if ignored:
             source = "the built-in corpus" if self.is_builtin else f"dataset_name={self.dataset_name!r}"
+            sources = OPTION_SOURCES.get() or {}
+            named = ", ".join(_where_set(name, sources.get(name)) for name in ignored)
             raise ValueError(
-                f"SLowEDScriptArguments: {', '.join(ignored)} do not apply to {source} and would be ignored; "
-                "the --*_column / --dataset_columns / --only_correct options are for file and hub corpora, the "
-                "--builtin_* options for --dataset_name builtin. Remove them."
+                f"SLowEDScriptArguments: {named} do not apply to {source} and would be ignored; "
+                "the *_column / dataset_columns / only_correct options are for file and hub corpora, the "
+                "builtin_* options for dataset_name builtin. Remove them where they are set."
             )
 
     def _ignored_options(self) -> list[str]:
         """Options set away from their defaults that the chosen source does not use."""
         if self.is_builtin:
             file_options = [f"{name}_column" for name in COLUMN_FIELDS] + ["dataset_columns", "only_correct"]
-            return [f"--{name}" for name in file_options if getattr(self, name) != _DEFAULTS[name]]
+            return [name for name in file_options if getattr(self, name) != _DEFAULTS[name]]
         builtin_options = ("builtin_num_per_task", "builtin_seed", "builtin_tasks")
-        return [f"--{name}" for name in builtin_options if getattr(self, name) != _DEFAULTS[name]]
+        return [name for name in builtin_options if getattr(self, name) != _DEFAULTS[name]]
 
     def column_mapping(self):
         """The preset named by `dataset_columns` with the `--*_column` overrides applied."""
@@ -336,12 +348,98 @@ def main(script_args, training_args, model_args) -> dict[str, Any]:
 
 
 def make_parser():
-    """`TrlParser` over (SLowEDScriptArguments, SLowEDConfig, ModelConfig); `--config x.yaml`, CLI overrides."""
+    """`SLowEDParser` over (SLowEDScriptArguments, SLowEDConfig, ModelConfig); `--config x.yaml`, CLI overrides."""
     from trl import ModelConfig, TrlParser
 
     from slowed.config import SLowEDConfig
 
-    return TrlParser((SLowEDScriptArguments, SLowEDConfig, ModelConfig))
+    class SLowEDParser(TrlParser):
+        """TRL's parser with errors that name their source: a missing `--config` file, unknown options in
+        the YAML file or on the command line (with a difflib "did you mean"), and, through
+        `OPTION_SOURCES`, where an option the dataclasses refuse was set."""
+
+        def parse_args_and_config(self, args: Iterable[str] | None = None, **kwargs: Any) -> tuple:
+            args = list(args) if args is not None else sys.argv[1:]
+            known = self._option_names()
+            config_path = _config_path(args)
+            yaml_keys = _read_yaml_keys(config_path) if config_path is not None else []
+            _refuse_unknown(yaml_keys, known, f"in the YAML file {config_path}")
+            _refuse_unknown(_command_line_options(args), known, "on the command line")
+            sources = {key: f"the YAML file {config_path}" for key in yaml_keys}
+            sources |= {name: COMMAND_LINE for name in _command_line_options(args)}
+            token = OPTION_SOURCES.set(sources)
+            try:
+                return super().parse_args_and_config(args, **kwargs)
+            finally:
+                OPTION_SOURCES.reset(token)
+
+        def _option_names(self) -> set[str]:
+            names = {action.dest for action in self._actions}
+            names |= {opt.lstrip("-") for action in self._actions for opt in action.option_strings}
+            return names - {"help"}
+
+    return SLowEDParser((SLowEDScriptArguments, SLowEDConfig, ModelConfig))
+
+
+def _where_set(name: str, source: str | None) -> str:
+    """ "--name (on the command line)", "name (in the YAML file x.yaml)" or "name" when the source is unknown."""
+    if source == COMMAND_LINE:
+        return f"--{name} (on the command line)"
+    return f"{name} (in {source})" if source else name
+
+
+def _config_path(args: Sequence[str]) -> Path | None:
+    """The `--config` file named in `args` (checked to exist), or None."""
+    if "--config" not in args:
+        return None
+    position = args.index("--config")
+    if position + 1 >= len(args):
+        raise ValueError("--config needs a YAML file: --config recipes/smollm2-135m/slowed.yaml")
+    path = Path(args[position + 1])
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--config {path}: no such file (looked in {path.resolve().parent}); the recipes are "
+            "recipes/<model>/<variant>.yaml, e.g. --config recipes/smollm2-135m/slowed.yaml"
+        )
+    return path
+
+
+def _read_yaml_keys(path: Path) -> list[str]:
+    """The top-level keys of a recipe YAML (`env` excluded: TRL sets it as environment variables)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {path}: not valid YAML ({error})") from error
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"--config {path}: must be a YAML mapping of option: value, got {type(config).__name__}"
+        )
+    return [str(key) for key in config if key != "env"]
+
+
+def _command_line_options(args: Sequence[str]) -> list[str]:
+    """Option names given as `--name value` or `--name=value` (the `--config` pair excluded)."""
+    names = [arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--") and len(arg) > 2]
+    return [name for name in names if name != "config"]
+
+
+def _refuse_unknown(names: Iterable[str], known: set[str], source: str) -> None:
+    """ValueError naming every unknown option, where it was set (`source`: "on the command line", "in the
+    YAML file x.yaml") and the closest known option."""
+    unknown = [name for name in names if name not in known]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(
+        f"unknown option{'s' if len(unknown) > 1 else ''} {source}: {', '.join(hints)}. "
+        "Every option is a field of SLowEDScriptArguments, SLowEDConfig (TRL's SFTConfig) or ModelConfig; "
+        "see `python recipes/slowed_sft.py --help`."
+    )
 
 
 if __name__ == "__main__":

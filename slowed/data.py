@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -58,6 +59,7 @@ CANONICAL_FEATURES = datasets.Features(
 CORPUS_SUFFIXES = (".jsonl", ".json", ".csv")
 BUILTIN_SOURCE = "builtin"
 MAX_LISTED_PROBLEMS = 20
+INDEX_MIN, INDEX_MAX = -(2**63), 2**63 - 1  # the int64 index column
 
 
 @dataclass(frozen=True)
@@ -246,9 +248,24 @@ def _is_local(source: object) -> bool:
     path = Path(source).expanduser()
     if path.exists():
         return True
-    if path.suffix in CORPUS_SUFFIXES or source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"corpus file {source!r} does not exist")
+    if looks_like_path(source):
+        raise FileNotFoundError(
+            f"corpus '{source}' does not exist: no file or folder {path.resolve()} (relative paths are "
+            f"resolved against the working directory {Path.cwd()}); fix the path, or give a hub dataset id "
+            "as 'name' or 'namespace/name'"
+        )
     return False
+
+
+def looks_like_path(source: str) -> bool:
+    """True when `source` cannot be a hub dataset id: a corpus file suffix (.jsonl/.json/.csv), a start with
+    '.', '/' or '~', a backslash, or more than one '/' (hub ids are 'name' or 'namespace/name')."""
+    return (
+        Path(source).suffix in CORPUS_SUFFIXES
+        or source.startswith((".", "/", "~"))
+        or "\\" in source
+        or source.count("/") > 1
+    )
 
 
 def _local_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
@@ -287,17 +304,26 @@ def _columns_seen(records: list[tuple[int, Any]]) -> tuple[str, ...]:
     return tuple(seen)
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark is dropped); CorpusError naming the file otherwise."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CorpusError(
+            f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); re-save the file as UTF-8"
+        ) from None
+
+
 def _read_jsonl(path: Path) -> _Unit:
     records: list[tuple[int, Any]] = []
     bad_lines: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((line_number, json.loads(line.rstrip("\r\n"))))
-            except json.JSONDecodeError as error:
-                bad_lines.append(f"  line {line_number}: not valid JSON ({error.msg}, column {error.colno})")
+    for line_number, line in enumerate(_read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((line_number, json.loads(line.rstrip("\r"))))
+        except json.JSONDecodeError as error:
+            bad_lines.append(f"  line {line_number}: not valid JSON ({error.msg}, column {error.colno})")
     if bad_lines:
         shown = bad_lines[:MAX_LISTED_PROBLEMS]
         more = [f"  ... and {len(bad_lines) - len(shown)} more"] if len(bad_lines) > len(shown) else []
@@ -310,7 +336,7 @@ def _read_jsonl(path: Path) -> _Unit:
 
 def _read_json(path: Path) -> _Unit:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as error:
         raise CorpusError(
             f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
@@ -330,19 +356,25 @@ def _read_json(path: Path) -> _Unit:
 
 
 def _read_csv(path: Path) -> _Unit:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        try:
-            records = list(enumerate(reader, start=1))
-        except csv.Error as error:
-            raise CorpusError(f"{path}: unreadable CSV at line {reader.line_num}: {error}") from None
-        header = tuple(reader.fieldnames or ())
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    try:
+        records = list(enumerate(reader, start=1))
+    except csv.Error as error:
+        raise CorpusError(f"{path}: unreadable CSV at line {reader.line_num}: {error}") from None
+    header = tuple(reader.fieldnames or ())
     note = "1-based data rows, the header not counted"
     return _Unit(str(path), "row", note, path.stem, records, header, True)
 
 
 def _hub_unit(dataset_id: str, split: str) -> _Unit:
-    hub = datasets.load_dataset(dataset_id, split=split)
+    try:
+        hub = datasets.load_dataset(dataset_id, split=split)
+    except Exception as error:
+        raise CorpusError(
+            f"{dataset_id!r} is not a local file or folder (no {Path(dataset_id).resolve()}), so it was read as a "
+            f"Hugging Face hub dataset id, and loading split {split!r} from the hub failed: "
+            f"{type(error).__name__}: {error}"
+        ) from error
     records = list(enumerate(hub.to_list(), start=1))
     default_task = dataset_id.rstrip("/").rsplit("/", 1)[-1]
     note = f"1-based rows of split {split!r}"
@@ -436,10 +468,12 @@ def _parse(field: str, value: Any, from_text: bool) -> tuple[Any, str | None]:
     if field == "index":
         if from_text and isinstance(value, str):
             try:
-                return int(value), None
+                value = int(value)
             except ValueError:
                 return None, f"is {_show(value)}, expected an integer"
         if isinstance(value, int) and not isinstance(value, bool):
+            if not INDEX_MIN <= value <= INDEX_MAX:
+                return None, f"is {_show(value)}, outside the int64 range of the index column"
             return value, None
         return None, f"is {type(value).__name__} {_show(value)}, expected an integer"
     if field == "correct":

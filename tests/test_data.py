@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -438,3 +439,23 @@ def test_prompt_completion_refuses_other_tables():
     # A table with the canonical columns and a prompt column would have that column overwritten.
     with pytest.raises(ValueError, match="converted already"):
         to_prompt_completion(datasets.Dataset.from_list([{**ROWS[0], "prompt": "p"}]))
+
+
+@pytest.mark.parametrize("source", ["data/corpora/cot", "./cot", "corpus.jsonl", "data\\cot"])
+def test_missing_path_like_corpus_is_not_sent_to_the_hub(source, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"corpus '{re.escape(source)}' does not exist.*{tmp_path}"):
+        load_cot_corpus(source)
+
+
+def test_hub_failure_says_the_local_path_does_not_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def unreachable(name, split):
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(
+        CorpusError, match=rf"'mydata/cot' is not a local file or folder \(no {tmp_path}/mydata/cot\)"
+    ):
+        load_cot_corpus("mydata/cot")

@@ -192,8 +192,51 @@ def test_column_overrides_apply_on_top_of_the_preset():
 )
 def test_options_the_source_would_ignore_are_refused(dataset, option, value):
     base = ("--model_name_or_path", "x", "--output_dir", "out", "--bf16", "false", "--dataset_name", dataset)
-    with pytest.raises(ValueError, match=rf"{option} do not apply to .* would be ignored"):
+    with pytest.raises(
+        ValueError, match=rf"{option} \(on the command line\) do not apply to .* would be ignored"
+    ):
         parse(*base, option, value)
+
+
+def test_ignored_option_from_the_yaml_names_the_yaml_file(tmp_path):
+    config = yaml.safe_load((RECIPES / "smollm2-135m" / "slowed.yaml").read_text())
+    assert config["dataset_name"] == "builtin"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**config, "only_correct": True}))
+    with pytest.raises(ValueError, match=rf"only_correct \(in the YAML file {path}\) do not apply"):
+        parse("--config", str(path))
+    with pytest.raises(
+        ValueError, match=r"--answer_column \(on the command line\), only_correct \(in the YAML"
+    ):
+        parse("--config", str(path), "--answer_column", "target")
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no-such-recipe.yaml"
+    with pytest.raises(
+        FileNotFoundError, match=rf"--config {missing}: no such file.*recipes/smollm2-135m/slowed.yaml"
+    ):
+        parse("--config", str(missing))
+
+
+def test_typos_get_a_did_you_mean_naming_their_source(tmp_path):
+    config = yaml.safe_load((RECIPES / "smollm2-135m" / "slowed.yaml").read_text())
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({**config, "slow_tuning_tua": 2.0}))
+    with pytest.raises(
+        ValueError, match=rf"in the YAML file {path}: 'slow_tuning_tua' \(did you mean 'slow_tuning_tau'\?\)"
+    ):
+        parse("--config", str(path))
+    recipe = str(RECIPES / "smollm2-135m" / "slowed.yaml")
+    with pytest.raises(
+        ValueError,
+        match=r"on the command line: 'entropy_mask_ration' \(did you mean 'entropy_mask_ratio'\?\)",
+    ):
+        parse("--config", recipe, "--entropy_mask_ration", "0.3")
+    with pytest.raises(
+        ValueError, match=r"on the command line: 'lora_alpah' \(did you mean 'lora_alpha'\?\)"
+    ):
+        parse("--config", recipe, "--lora_alpah=8")
 
 
 @pytest.mark.parametrize("path", ACCELERATE_YAMLS, ids=lambda p: p.stem)
