@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> ResultsSection:
     kind = "CUDA max allocated" if torch.cuda.is_available() else "peak RSS (VmHWM)"
     section.add(
         f"Model `{args.model}` ({args.dtype}), LoRA r={args.rank}, {args.batches} batches of {args.batch_size} built-in rows "
-        f"(≤ {args.max_length} tokens), {args.steps} optimizer steps per subprocess, {args.repeats} subprocesses per "
+        f"(≤ {args.max_length} tokens), gradient checkpointing `{args.gradient_checkpointing}`, {args.steps} optimizer steps per subprocess, {args.repeats} subprocesses per "
         f"participant (medians). Memory: {kind}, counter reset after the model and data are loaded. Target: ≤ 1.02 × stock."
     )
     section.add(
@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument(
         "--row-repeats", type=int, default=1, help="write each rationale N times (longer rows)"
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        choices=("trl-default", "on", "off"),
+        default="trl-default",
+        help="trainers only",
     )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)

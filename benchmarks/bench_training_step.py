@@ -238,6 +238,8 @@ def trainer_config(name: str, args: argparse.Namespace, steps: int) -> SFTConfig
         "train_sampling_strategy": "sequential",
         "model_init_kwargs": {"dtype": args.dtype},
     }
+    if args.gradient_checkpointing != "trl-default":
+        common["gradient_checkpointing"] = args.gradient_checkpointing == "on"
     if name == "stock":
         return SFTConfig(**common)
     return SLowEDConfig(**common, **PARTICIPANTS[name])
@@ -503,7 +505,8 @@ def run(args: argparse.Namespace) -> ResultsSection:
     padding = 1 - sum(tokens) / sum(b["attention_mask"].numel() for b in batches)
     section.add(
         f"Model `{args.model}` ({args.dtype}, {args.device}), LoRA r={args.rank} α={2 * args.rank} on all linear layers, "
-        f"AdamW (fused) lr 1e-4, {args.batches} batches of {args.batch_size} built-in rows (≤ {args.max_length} tokens, "
+        f"AdamW (fused) lr 1e-4, trainers' gradient checkpointing {trainers['stock'].args.gradient_checkpointing} "
+        f"(`--gradient-checkpointing {args.gradient_checkpointing}`; the hand loop never checkpoints), {args.batches} batches of {args.batch_size} built-in rows (≤ {args.max_length} tokens, "
         f"{median(tokens):.0f} real tokens per batch, {100 * padding:.1f}% of the padded batch is padding), "
         f"{args.rounds} measured rounds after 1 warm-up round, order {' '.join(order)} then reversed; "
         f"torch threads {torch.get_num_threads()}. Ratios are medians over rounds of the per-round ratio."
@@ -554,6 +557,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument(
         "--row-repeats", type=int, default=1, help="write each rationale N times (longer rows)"
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        choices=("trl-default", "on", "off"),
+        default="trl-default",
+        help="trainers only (TRL's SFTConfig turns it on by default; the hand loop never checkpoints)",
     )
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (≥ 5 for the paired medians)")
     parser.add_argument("--profile-top", type=int, default=12, help="rows of the profiler table; 0 skips it")
