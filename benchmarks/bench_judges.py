@@ -3,7 +3,8 @@
 Both judges run the same stand-in guard: the embedded student (SmolLM2-135M-Instruct; no guard model is
 available offline) with WalledEval's own WalledGuard prompt (``judges/walledguard`` preset, as raw text
 without a chat template: ``use_chat_template=False``), so both read the same tokens. WalledEval calls its
-``transformers`` pipeline once per response; `GuardModelJudge` decodes left-padded batches. Both generate at
+``transformers`` pipeline once per response; `GuardModelJudge` decodes left-padded batches (``--batch-sizes``,
+default 1, 16 and 64: batch size 1 separates the pipeline's overhead from batching). Both generate at
 most 20 new tokens. WalledEval samples (temperature 0.1, top-p 0.9); for the agreement it is made greedy by
 passing ``do_sample=False`` to its pipeline (`greedy_walledguard`).
 
@@ -98,54 +99,56 @@ def run(args: argparse.Namespace) -> ResultsSection:
     section = ResultsSection(path=args.results, title="Judge throughput (bench_judges.py)")
     model_path = embedded_student_path()
     prompts, responses = advbench_responses(args.data_dir, args.responses // 2)
-    ours = GuardModelJudge(
-        str(model_path),
-        walledeval_guard_template(),
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=torch.float32,
-        template_name="walledeval judges/walledguard",
-    )
+    judges = {
+        size: GuardModelJudge(
+            str(model_path),
+            walledeval_guard_template(),
+            batch_size=size,
+            device=args.device,
+            dtype=torch.float32,
+            template_name="walledeval judges/walledguard",
+        )
+        for size in args.batch_sizes
+    }
     theirs = greedy_walledguard(model_path, args.device)
-    ours.judge(prompts[:2], responses[:2])  # warm both
+    next(iter(judges.values())).judge(prompts[:2], responses[:2])  # warm both
     walledeval_raw(theirs, responses[0])
 
-    start = time.perf_counter()
-    verdicts = ours.judge(prompts, responses)
-    ours_seconds = time.perf_counter() - start
     start = time.perf_counter()
     their_raw = [walledeval_raw(theirs, response) for response in responses]
     theirs_seconds = time.perf_counter() - start
     their_labels = [str(theirs.process_llm_output(text).value) for text in their_raw]
-
     count = len(responses)
+    rows = [
+        [
+            "WalledEval WalledGuardJudge (greedy, one pipeline call each)",
+            theirs_seconds,
+            count / theirs_seconds,
+            1.0,
+        ]
+    ]
+    for size, judge in judges.items():
+        start = time.perf_counter()
+        verdicts = judge.judge(prompts, responses)
+        seconds = time.perf_counter() - start
+        rows.append(
+            [
+                f"slowed GuardModelJudge (greedy, batch size {size})",
+                seconds,
+                count / seconds,
+                theirs_seconds / seconds,
+            ]
+        )
+
     section.add(
         f"Stand-in guard: the embedded student `{model_path.name}` (float32, {args.device}), WalledEval's WalledGuard "
         f"prompt without chat template, ≤ 20 new tokens; {count} responses (AdvBench targets and refusals); "
-        f"`GuardModelJudge` batch size {args.batch_size}; torch threads {torch.get_num_threads()}. Target ≥ 5× responses/s."
+        f"torch threads {torch.get_num_threads()}. Target ≥ 5× responses/s."
     )
-    section.add(
-        markdown_table(
-            ["judge", "seconds", "responses/s", "× WalledEval"],
-            [
-                [
-                    "WalledEval WalledGuardJudge (greedy, one pipeline call each)",
-                    theirs_seconds,
-                    count / theirs_seconds,
-                    1.0,
-                ],
-                [
-                    "slowed GuardModelJudge (greedy, batched)",
-                    ours_seconds,
-                    count / ours_seconds,
-                    theirs_seconds / ours_seconds,
-                ],
-            ],
-        )
-    )
+    section.add(markdown_table(["judge", "seconds", "responses/s", "× WalledEval"], rows))
     shares = agreement([v.raw for v in verdicts], their_raw, their_labels)
     section.add(
-        "Agreement of greedy WalledEval with GuardModelJudge:\n\n"
+        "Agreement of greedy WalledEval with GuardModelJudge (largest batch):\n\n"
         + markdown_table(["measure", "share"], [[k, v] for k, v in shares.items()])
         + "\n\nVerdicts (ours, first-word parser): "
         + ", ".join(
@@ -163,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         "--data-dir", type=Path, default=Path(os.environ.get("SLOWED_DATA_DIR", "../shared/data"))
     )
     parser.add_argument("--responses", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-sizes", type=lambda text: [int(v) for v in text.split(",")], default=[1, 16, 64]
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_results_argument(parser)
     run(parser.parse_args(argv)).write()
