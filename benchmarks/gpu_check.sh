@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paired step benchmark and the memory benchmark at a realistic shape on a lent GPU machine:
 # a randomly initialised Qwen2.5-1.5B-shaped model (benchmarks/gpu/make_model.py), LoRA r=64 on all linear
-# layers, batch 8 × 1024 tokens, bf16. Results go to $OUT/RESULTS.md (or benchmarks/RESULTS.md without $OUT).
+# layers, batch 8 × 1024 tokens, bf16, gradient checkpointing off. Results go to $OUT/RESULTS.md (or benchmarks/RESULTS.md without $OUT).
 #
 # Before the call, here: bash benchmarks/gpu/prepare_wheels.sh   (16 MiB of wheels, git-ignored)
 # The call (device tool `run`, about 6 minutes of device time):
@@ -37,6 +37,8 @@ else
     memory=(--steps 3 --repeats 1)
     python3 benchmarks/gpu/make_model.py "$model"
 fi
-python3 benchmarks/bench_training_step.py --model "$model" "${shape[@]}" "${rounds[@]}" --results "$results"
+# Gradient checkpointing off for the trainers, as in the hand loop, so that the floor ratio compares like with like.
+python3 benchmarks/bench_training_step.py --model "$model" "${shape[@]}" "${rounds[@]}" --gradient-checkpointing off \
+    --results "$results"
 python3 benchmarks/bench_memory.py --model "$model" "${shape[@]}" "${memory[@]}" \
     --participants stock,lem_st,initial,hand --results "$results"
