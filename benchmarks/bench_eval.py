@@ -4,7 +4,10 @@ The usual setup without this plugin runs safety (AdvBench + a judge) and reasoni
 invocations, each loading the student. Here both sides use the same CLI, model, data and settings:
 
 - one run: ``slowed-eval --tasks slowed``;
-- separate runs: ``slowed-eval --tasks slowed_safety`` then ``slowed-eval --tasks slowed_id,slowed_ood``.
+- separate runs: ``slowed-eval --tasks slowed_safety,slowed_xstest`` then ``slowed-eval --tasks slowed_id,slowed_ood``.
+
+When ``SLOWED_DATA_DIR`` has no ``bbsub`` folder (the shared data here has none), both sides list the leaves of
+``slowed`` without BB-Sub instead of the groups.
 
 Each invocation is its own subprocess; model loads are counted by wrapping
 ``transformers.PreTrainedModel.from_pretrained`` inside it. The sides alternate (one, separate, one,
@@ -28,10 +31,24 @@ import time
 from benchlib import ResultsSection, add_results_argument, markdown_table, median
 
 LOADS_MARKER = "SLOWED_BENCH_MODEL_LOADS="
-SIDES: dict[str, list[str]] = {
-    "one run (--tasks slowed)": ["slowed"],
-    "separate runs (safety; reasoning)": ["slowed_safety", "slowed_id,slowed_ood"],
-}
+ONE_RUN = "one run"
+SEPARATE = "separate runs (safety; reasoning)"
+SAFETY = "slowed_safety,slowed_xstest"
+REASONING_WITHOUT_BBSUB = "slowed_id,slowed_agieval,slowed_arc_easy,slowed_arc_challenge"
+
+
+def sides(with_bbsub: bool) -> dict[str, list[str]]:
+    """Side -> the `--tasks` value of each of its invocations. Without BB-Sub (absent from the local data), the
+    `slowed` group's leaves are listed instead of the groups that contain it."""
+    if with_bbsub:
+        return {ONE_RUN: ["slowed"], SEPARATE: [SAFETY, "slowed_id,slowed_ood"]}
+    return {ONE_RUN: [f"{SAFETY},{REASONING_WITHOUT_BBSUB}"], SEPARATE: [SAFETY, REASONING_WITHOUT_BBSUB]}
+
+
+def local_data_has_bbsub() -> bool:
+    """False when SLOWED_DATA_DIR points at a directory without a ``bbsub`` folder (the hub is used otherwise)."""
+    data_dir = os.environ.get("SLOWED_DATA_DIR", "").strip()
+    return not data_dir or os.path.isdir(os.path.join(data_dir, "bbsub"))
 
 
 def count_loads_and_run(argv: list[str]) -> None:
@@ -69,27 +86,36 @@ def invocation(tasks: str, args: argparse.Namespace, output: str) -> tuple[float
 
 def run(args: argparse.Namespace) -> ResultsSection:
     section = ResultsSection(path=args.results, title="One evaluation run against two (bench_eval.py)")
-    measured: dict[str, list[tuple[float, int]]] = {side: [] for side in SIDES}
+    task_lists_by_side = sides(local_data_has_bbsub())
+    measured: dict[str, list[tuple[float, int]]] = {side: [] for side in task_lists_by_side}
     with tempfile.TemporaryDirectory(prefix="slowed-bench-eval-") as folder:
         for repeat in range(args.repeats):
-            for side, task_lists in SIDES.items():
+            for side, task_lists in task_lists_by_side.items():
                 runs = [
                     invocation(tasks, args, os.path.join(folder, f"{repeat}-{i}"))
                     for i, tasks in enumerate(task_lists)
                 ]
                 measured[side].append((sum(s for s, _ in runs), sum(n for _, n in runs)))
                 print(side, json.dumps(measured[side][-1]), flush=True)
-    one = measured["one run (--tasks slowed)"]
+    one = measured[ONE_RUN]
     rows = []
     for side, values in measured.items():
         ratio = median([v[0] / o[0] for v, o in zip(values, one, strict=True)])
-        rows.append([side, len(SIDES[side]), median([v[0] for v in values]), ratio, values[0][1]])
+        rows.append(
+            [side, len(task_lists_by_side[side]), median([v[0] for v in values]), ratio, values[0][1]]
+        )
     section.add(
         f"Model `{args.model}` (hf backend, CPU), `--limit {args.limit}` per task, `max_gen_toks={args.max_gen_toks}`, "
         f"batch size {args.batch_size}, keyword judge (`SLOWED_JUDGE=keywords`), data from `SLOWED_DATA_DIR`; "
         f"{args.repeats} alternating repeats, medians."
     )
-    section.add(markdown_table(["side", "invocations", "wall s", "× one run", "model loads"], rows))
+    section.add(
+        markdown_table(["side", "invocations", "wall s", "× one run", "model loads"], rows)
+        + "\n\n`--tasks` per invocation: "
+        + "; ".join(
+            f"{side}: " + " then ".join(f"`{t}`" for t in lists) for side, lists in task_lists_by_side.items()
+        )
+    )
     return section
 
 
