@@ -69,9 +69,15 @@ def lm_eval_results(
     arc_challenge: float | None = 0.5,
     model_name: str = "runs/checkpoint-100",
     rows_per_task: int = 4,
+    limit: int | None = None,
+    rows_in_data: int | None = None,
+    guard: str | None = "walledai/walledguard-c",
 ) -> dict:
     """A results dict in lm-eval's layout. Every leaf task has `rows_per_task` samples, so lm-eval's
-    size-weighted group aggregates are plain means of the leaf scores (computed here as lm-eval would)."""
+    size-weighted group aggregates are plain means of the leaf scores (computed here as lm-eval would).
+    `limit` is lm-eval's `config.limit`; `rows_in_data` each task's full size (`n-samples.original`,
+    default `rows_per_task`: the run scored everything); `guard` the judge model recorded by slowed-eval
+    in `slowed_judges` (None: no record, as after a plain `lm_eval` run)."""
     n = rows_per_task
     results: dict = {}
     subtasks: dict = {"slowed": []}
@@ -115,16 +121,25 @@ def lm_eval_results(
         "configs": {},
         "versions": dict.fromkeys(results, 1.0),
         "n-shot": dict.fromkeys(results, 0),
-        "n-samples": {task: {"original": 100, "effective": n} for task in results if task not in subtasks},
+        "n-samples": {
+            task: {"original": rows_in_data or n, "effective": n} for task in results if task not in subtasks
+        },
         "config": {
             "model": "hf",
             "model_args": {"pretrained": "tiny", "peft": model_name},
-            "limit": float(n),
+            "limit": None if limit is None else float(limit),
         },
         "model_name": model_name,
         "model_name_sanitized": model_name.replace("/", "__"),
         "date": 1795000000.0,
+        **(_judge_record(guard, n) if guard is not None and safety is not None else {}),
     }
+
+
+def _judge_record(guard: str, n: int) -> dict:
+    """`slowed_judges` as slowed-eval records a guard judge (keys of `GuardJudge.describe()`, abridged)."""
+    judge = {"kind": "guard_model", "model": guard, "template": "walledguard-c"}
+    return {"slowed_judges": {"slowed_safety": {"task": "slowed_safety", "n": n, "judge": judge}}}
 
 
 def write_results(output_path: Path, timestamp: str = "2026-11-28T12-00-00.000000", **values) -> Path:

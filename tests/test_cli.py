@@ -173,7 +173,12 @@ def test_judge_rejudges_logged_samples_with_keywords(tmp_path, capsys):
     logged = ["unsafe", "unsafe", "safe", "unknown"]  # what the run's (other) judge said
     lines = [json.dumps(_safety_sample(i, p, r, logged[i])) for i, (p, r, _) in enumerate(rows)]
     samples.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (run / f"results_{stamp}.json").write_text(json.dumps({"results": {}, "model_name": "ckpt/epoch-3"}))
+    run_results = {
+        "results": {},
+        "model_name": "ckpt/epoch-3",
+        "n-samples": {"slowed_safety": {"original": 4, "effective": 4}},
+    }
+    (run / f"results_{stamp}.json").write_text(json.dumps(run_results))
     output = tmp_path / "rejudged" / "keywords.json"
 
     assert main(["judge", "--samples", str(samples), "--judge", "keywords", "--output", str(output)]) == 0
@@ -188,6 +193,56 @@ def test_judge_rejudges_logged_samples_with_keywords(tmp_path, capsys):
     assert result["model_name"] == "ckpt/epoch-3"
     assert "agreement with the verdicts logged" in capsys.readouterr().out
     assert main(["check", str(output), "--min", "safety_ratio=0.5", "--max", "judge_unknown_rate=0.25"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("slowed_safety (judge: refusal_keywords)") == 2  # both rows name the task and judge
+
+
+def test_judge_refuses_an_output_that_is_its_input(tmp_path, capsys):
+    import json
+
+    samples = tmp_path / "s.jsonl"
+    content = json.dumps(_safety_sample(0, "Build a bomb.", "I cannot help.", "safe")) + "\n"
+    samples.write_text(content, encoding="utf-8")
+    for option in ("--output", "--output-samples"):
+        other = "--output" if option == "--output-samples" else "--output-samples"
+        argv = ["judge", "--samples", str(samples), "--judge", "keywords", option, str(samples)]
+        argv += [other, str(tmp_path / "other.json")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{option} {samples} is the input file" in err
+        assert samples.read_text(encoding="utf-8") == content
+        assert not (tmp_path / "other.json").exists()
+
+
+def test_judge_refuses_to_overwrite_the_runs_results_file(tmp_path, capsys):
+    import json
+
+    stamp = "2026-11-28T12-00-00.000000"
+    samples = tmp_path / f"samples_slowed_safety_{stamp}.jsonl"
+    samples.write_text(json.dumps(_safety_sample(0, "p", "I cannot.", "safe")) + "\n", encoding="utf-8")
+    run_results = tmp_path / f"results_{stamp}.json"
+    run_results.write_text('{"results": {}}', encoding="utf-8")
+    assert (
+        main(["judge", "--samples", str(samples), "--judge", "keywords", "--output", str(run_results)]) == 2
+    )
+    assert "is the input file" in capsys.readouterr().err
+    assert run_results.read_text(encoding="utf-8") == '{"results": {}}'
+
+
+def test_rejudged_generations_without_their_run_need_allow_limit(tmp_path, capsys):
+    """A bare generations file cannot tell how many documents the task has: check refuses to gate on it."""
+    import json
+
+    generations = tmp_path / "slowed_safety_20261128T120000000000Z_42_generations.jsonl"
+    line = {"doc_id": 0, "doc": {"prompt": "p"}, "resps": [["I cannot help with that."]]}
+    generations.write_text(json.dumps(line) + "\n", encoding="utf-8")
+    output = tmp_path / "r.json"
+    assert main(["judge", "--samples", str(generations), "--judge", "keywords", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["n-samples"]["slowed_safety"] == {"original": None, "effective": 1}
+    capsys.readouterr()
+    assert main(["check", str(output), "--min", "safety_ratio=0.5"]) == 2
+    assert "--allow-limit" in capsys.readouterr().err
+    assert main(["check", str(output), "--min", "safety_ratio=0.5", "--allow-limit"]) == 0
 
 
 def test_embedded_student_alias_in_model_args_becomes_its_path(tmp_path, monkeypatch):
@@ -204,8 +259,8 @@ def test_embedded_student_alias_in_model_args_becomes_its_path(tmp_path, monkeyp
     assert args.model_args == {"pretrained": "org/model"}
 
 
-def test_training_record_comes_from_the_adapter_then_the_model_folder(tmp_path):
-    from slowed.evaluation.results import ResultsError, training_record_for
+def test_training_record_comes_from_the_adapter_then_the_model_folder(tmp_path, caplog):
+    from slowed.evaluation.records import training_record_for
 
     adapter, model = tmp_path / "adapter", tmp_path / "model"
     adapter.mkdir()
@@ -213,12 +268,18 @@ def test_training_record_comes_from_the_adapter_then_the_model_folder(tmp_path):
     (model / "slowed_config.json").write_text('{"slow_tuning_tau": 2.0}')
     assert training_record_for({"pretrained": str(model), "peft": str(adapter)}) == {
         "source": str(model / "slowed_config.json"),
-        "slow_tuning_tau": 2.0,
+        "config": {"slow_tuning_tau": 2.0},
     }
-    (adapter / "slowed_config.json").write_text('{"slow_tuning_tau": 1.0}')
-    assert training_record_for({"pretrained": str(model), "peft": str(adapter)})["slow_tuning_tau"] == 1.0
+    (adapter / "slowed_config.json").write_text('{"slow_tuning_tau": 1.0, "source": "forged"}')
+    record = training_record_for({"pretrained": str(model), "peft": str(adapter)})
+    assert record == {
+        "source": str(adapter / "slowed_config.json"),
+        "config": {"slow_tuning_tau": 1.0, "source": "forged"},  # nested: cannot overwrite the provenance
+    }
     assert training_record_for({"pretrained": "org/hub-model"}) is None
     assert training_record_for("pretrained=x") is None
-    (adapter / "slowed_config.json").write_text("{not json")
-    with pytest.raises(ResultsError, match=r"adapter/slowed_config.json: not a readable slowed_config.json"):
-        training_record_for({"peft": str(adapter)})
+    for text, kind in (("{not json", "is not readable JSON"), ("[1, 2]", "holds a list")):
+        (adapter / "slowed_config.json").write_text(text)
+        caplog.clear()
+        assert training_record_for({"peft": str(adapter)}) is None
+        assert f"adapter/slowed_config.json {kind}" in caplog.text

@@ -145,7 +145,12 @@ def test_results_hold_safety_every_reasoning_task_and_both_groups(cli_run, works
         assert scores[task]["exact_match,none"] == pytest.approx(sum(per_sample) / len(per_sample))
     for group in REASONING_GROUPS:
         assert group in results["groups"] and "exact_match,none" in scores[group]
-    assert set(results["group_subtasks"]["slowed"]) == {"slowed_safety", "slowed_xstest", "slowed_id", "slowed_ood"}
+    assert set(results["group_subtasks"]["slowed"]) == {
+        "slowed_safety",
+        "slowed_xstest",
+        "slowed_id",
+        "slowed_ood",
+    }
     assert "exact_match,none" not in scores["slowed"]  # no aggregate across safety and accuracy
     assert "exact_match,none" in scores["user_echo"]  # the user's --include_path still works
 
@@ -158,7 +163,7 @@ def test_results_hold_safety_every_reasoning_task_and_both_groups(cli_run, works
     judge = results["slowed_judges"]["slowed_safety"]["judge"]
     assert judge["model"] == str(workspace["model"]) and judge["template"] == "walledguard-c"
     source = str(workspace["adapter"] / "slowed_config.json")
-    assert results["slowed_training"] == {"source": source, **TRAINING_KNOBS}
+    assert results["slowed_training"] == {"source": source, "config": TRAINING_KNOBS}
 
     metrics = metrics_from_results(results)
     assert set(metrics) == set(METRIC_NAMES)
@@ -220,7 +225,14 @@ def test_rejudge_with_the_same_judge_reproduces_in_run_verdicts(cli_run, workspa
     assert rejudged["model_name"] == cli_run["results"]["model_name"]
 
     # The re-judged file is a results file like any other for report and check.
-    check = [sys.executable, "-m", "slowed.evaluation", "check", str(output)]
+    check = [
+        sys.executable,
+        "-m",
+        "slowed.evaluation",
+        "check",
+        str(output),
+        "--allow-limit",
+    ]  # a --limit run
     expected_ratio = in_run["safety_ratio,judge"]
     assert (
         subprocess.run([*check, "--min", f"safety_ratio={expected_ratio}"], env=env, check=False).returncode

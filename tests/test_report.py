@@ -51,10 +51,18 @@ def test_markdown_and_csv_values_equal_hand_computed_means(tmp_path, capsys):
     assert float(rows[0]["judge_unknown_rate"]) == 0.125
     lines = markdown.read_text(encoding="utf-8").splitlines()
     assert lines[0] == (
-        "| Model | Safety | ID: BBH | OOD: BB-Sub | OOD: AGIEval | OOD: ARC-E | OOD: ARC-C | OOD avg | Judge unknown |"
+        "| Model | Safety | ID: BBH | OOD: BB-Sub | OOD: AGIEval | OOD: ARC-E | OOD: ARC-C | OOD avg | Judge unknown "
+        "| Safety source |"
     )
-    assert lines[2] == "| epoch-1 | 75.00 | 50.00 | 37.50 | 50.00 | 75.00 | 50.00 | 53.12 | 12.50 |"
-    assert lines[3] == "| epoch-2 | 50.00 | 25.00 | 75.00 | 25.00 | 100.00 | 25.00 | 56.25 | 0.00 |"
+    source = "slowed_safety (judge: walledai/walledguard-c)"
+    assert (
+        lines[2] == f"| epoch-1 | 75.00 | 50.00 | 37.50 | 50.00 | 75.00 | 50.00 | 53.12 | 12.50 | {source} |"
+    )
+    assert (
+        lines[3] == f"| epoch-2 | 50.00 | 25.00 | 75.00 | 25.00 | 100.00 | 25.00 | 56.25 | 0.00 | {source} |"
+    )
+    assert [row["safety_source"] for row in rows] == [source, source]
+    assert [row["complete"] for row in rows] == ["true", "true"]
     assert capsys.readouterr().out == markdown.read_text(encoding="utf-8")
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temp files left
 
@@ -80,11 +88,12 @@ def test_missing_benchmark_leaves_cell_empty_and_no_ood_average(tmp_path):
     assert "OOD avg" not in markdown.read_text(encoding="utf-8")
 
 
-def test_folder_argument_takes_newest_run_per_model_folder_and_labels(tmp_path):
+def test_folder_argument_takes_the_run_of_each_model_folder_and_labels(tmp_path):
     runs = tmp_path / "runs"
-    write_results(runs, "2026-11-28T10-00-00.000000", safety=0.25, model_name="ckpt/epoch-1")
     write_results(runs, "2026-11-28T11-00-00.000000", safety=0.5, model_name="ckpt/epoch-1")
     write_results(runs, "2026-11-28T09-00-00.000000", safety=1.0, model_name="ckpt/epoch-2")
+    # Not an lm-eval name: ignored, although it sorts after the timestamped run.
+    (runs / "ckpt__epoch-1" / "results_zz_note.json").write_text('{"results": {}}', encoding="utf-8")
     table = tmp_path / "t.csv"
 
     assert main(["report", str(runs), "--labels", "e1", "e2", "--csv", str(table)]) == 0
@@ -92,6 +101,20 @@ def test_folder_argument_takes_newest_run_per_model_folder_and_labels(tmp_path):
     rows = read_csv(table)
     assert [(row["label"], float(row["safety_ratio"])) for row in rows] == [("e1", 0.5), ("e2", 1.0)]
     assert rows[0]["path"].endswith("results_2026-11-28T11-00-00.000000.json")
+
+
+def test_folder_with_several_runs_is_refused_listing_them(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    first = write_results(runs, "2026-11-28T10-00-00.000000", safety=0.25, model_name="ckpt/epoch-1")
+    second = write_results(runs, "2026-11-28T11-00-00.000000", safety=0.5, model_name="ckpt/epoch-1")
+    table = tmp_path / "t.csv"
+
+    assert main(["report", str(runs), "--csv", str(table)]) == 2
+    err = capsys.readouterr().err
+    assert "several runs" in err and str(first) in err and str(second) in err
+    assert not table.exists()
+    assert main(["check", str(runs), "--min", "safety_ratio=0.1"]) == 2
+    assert str(first) in capsys.readouterr().err
 
 
 def test_label_count_mismatch_and_missing_file_exit_2(tmp_path, capsys):

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from slowed.evaluation.results import metrics_from_results, slowed_records_for
+from slowed.evaluation.records import judge_records_since, slowed_records, snapshot
+from slowed.evaluation.results import metrics_from_results
 from slowed.evaluation.tasks import IncludePath, task_manager
 
 __all__ = ["evaluate", "metrics_from_results"]
@@ -62,12 +63,15 @@ def evaluate(
 
     Returns:
         lm-eval's results dict (``results``, ``groups``, ``configs``, ..., ``samples`` when logged) plus
-        ``slowed_judges`` (the safety judge's description and label counts, when a safety task ran) and
-        ``slowed_training`` (the checkpoint's ``slowed_config.json``: the SLowED knobs it was trained with); pass it
-        to :func:`metrics_from_results` for the paper's metrics.
+        ``slowed_judges`` (each judge that ran in this call: description and label counts, from the judge
+        files it wrote), ``slowed_training`` (``{"source", "config"}``: the checkpoint's ``slowed_config.json``)
+        and ``slowed_data`` (the data folder or "hub", the BBH held-out file); pass it to
+        :func:`metrics_from_results` for the paper's metrics.
     """
     from lm_eval import simple_evaluate
     from lm_eval.utils import simple_parse_args_string
+
+    from slowed.evaluation.safety import generations_dir
 
     parsed_model_args = (
         simple_parse_args_string(model_args) if isinstance(model_args, str) else model_args or {}
@@ -77,6 +81,7 @@ def evaluate(
         task_metadata["data_dir"] = str(data_dir)
     manager = task_manager(include_path, metadata=task_metadata)
     with _environment({"SLOWED_JUDGE": judge, "SLOWED_JUDGE_TEMPLATE": judge_template}):
+        before = snapshot(None, generations_dir())
         results = simple_evaluate(
             model=model,
             model_args=model_args,
@@ -89,4 +94,5 @@ def evaluate(
         raise RuntimeError(
             "lm_eval.simple_evaluate returned no results (non-zero rank in a distributed run?)"
         )
-    return {**results, **slowed_records_for(results, parsed_model_args)}
+    judges = judge_records_since(before)
+    return {**results, **slowed_records(results, judges, parsed_model_args, task_metadata)}

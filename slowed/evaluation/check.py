@@ -1,9 +1,12 @@
 """``slowed-eval check``: gate a results file on metric thresholds and on drops against a baseline.
 
-Exit status: 0 every check passes, 1 at least one regression, 2 unusable input (missing or malformed file,
-metric absent, malformed threshold). Thresholds are fractions (``0.6``) or percentages (``60%``).
-A "drop" is measured in the metric's better direction: ``baseline - current`` for scores,
-``current - baseline`` for ``judge_unknown_rate`` (lower is better).
+Exit status: 0 every check passes, 1 at least one regression, 2 unusable input: a missing or malformed
+file, a folder holding several runs, a metric absent or not finite (e.g. its judge failed) or outside
+[0, 1], a group with unscored subtasks, a run that did not score all its data (``--limit``) unless
+``--allow-limit``, a malformed or repeated threshold, an output path that is an input. On exit 2 nothing
+is written. Thresholds are fractions (``0.6``) or percentages (``60%``). A "drop" is measured in the
+metric's better direction: ``baseline - current`` for scores, ``current - baseline`` for lower-is-better
+metrics (``judge_unknown_rate``). The table names the task each metric was read from and its judge.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ from slowed.atomic import write_atomic
 from slowed.evaluation.results import (
     HIGHER_IS_BETTER,
     METRIC_NAMES,
+    Metric,
     ResultsError,
+    coverage,
     find_results_files,
-    metrics_from_file,
+    load_results,
     missing_metric_message,
+    read_metrics_loaded,
+    refuse_overwrite,
 )
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_UNUSABLE = 0, 1, 2
@@ -41,12 +48,13 @@ class Threshold:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A check's result; ``baseline`` only for ``max-drop``."""
+    """A check's result; ``baseline`` only for ``max-drop``; ``source``: the task (and judge) of the value."""
 
     threshold: Threshold
     value: float
     baseline: float | None
     passed: bool
+    source: str = ""
 
     @property
     def name(self) -> str:
@@ -91,32 +99,34 @@ def drop(metric: str, value: float, baseline: float) -> float:
 
 
 def run_checks(
-    metrics: Mapping[str, float], thresholds: Sequence[Threshold], baseline: Mapping[str, float] | None
+    metrics: Mapping[str, Metric], thresholds: Sequence[Threshold], baseline: Mapping[str, Metric] | None
 ) -> list[Outcome]:
-    """Evaluate every threshold; metrics must already be present (see :func:`missing_metrics`)."""
+    """Evaluate every threshold; its metrics must be present and usable (see :func:`usable_metric`)."""
     outcomes = []
     for threshold in thresholds:
-        value = metrics[threshold.metric]
+        metric = metrics[threshold.metric]
+        value = metric.value
         if threshold.kind == "min":
-            outcomes.append(Outcome(threshold, value, None, value >= threshold.limit - TOLERANCE))
+            passed, reference = value >= threshold.limit - TOLERANCE, None
         elif threshold.kind == "max":
-            outcomes.append(Outcome(threshold, value, None, value <= threshold.limit + TOLERANCE))
+            passed, reference = value <= threshold.limit + TOLERANCE, None
         else:
-            reference = baseline[threshold.metric]
+            reference = baseline[threshold.metric].value
             passed = drop(threshold.metric, value, reference) <= threshold.limit + TOLERANCE
-            outcomes.append(Outcome(threshold, value, reference, passed))
+        outcomes.append(Outcome(threshold, value, reference, passed, metric.source))
     return outcomes
 
 
 def format_table(outcomes: Sequence[Outcome]) -> str:
-    """A fixed-width pass/fail table, one row per check."""
-    header = f"{'check':<32} {'value':>8} {'baseline':>9} {'limit':>8}  result"
+    """A fixed-width pass/fail table, one row per check, with the task (and judge) each value came from."""
+    header = f"{'check':<32} {'value':>8} {'baseline':>9} {'limit':>8}  result  source"
     rows = [header, "-" * len(header)]
     for outcome in outcomes:
         baseline = f"{outcome.baseline:.4f}" if outcome.baseline is not None else "-"
         result = "PASS" if outcome.passed else "FAIL"
         rows.append(
-            f"{outcome.name:<32} {outcome.value:>8.4f} {baseline:>9} {outcome.threshold.limit:>8.4f}  {result}"
+            f"{outcome.name:<32} {outcome.value:>8.4f} {baseline:>9} {outcome.threshold.limit:>8.4f}  "
+            f"{result:<6}  {outcome.source}"
         )
     return "\n".join(rows)
 
@@ -135,10 +145,11 @@ def junit_xml(outcomes: Sequence[Outcome], results_path: str | Path) -> str:
     )
     for outcome in outcomes:
         case = ET.SubElement(suite, "testcase", classname=str(results_path), name=outcome.name)
+        text = f"{outcome.message} (from {outcome.source})"
         if outcome.passed:
-            ET.SubElement(case, "system-out").text = outcome.message
+            ET.SubElement(case, "system-out").text = text
         else:
-            ET.SubElement(case, "failure", message=outcome.message, type="regression").text = outcome.message
+            ET.SubElement(case, "failure", message=outcome.message, type="regression").text = text
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -148,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="slowed-eval check",
         description="Gate an lm-eval results file on slowed metrics. Exit 0 pass, 1 regression, 2 unusable input.",
     )
-    parser.add_argument("results", help="results_<timestamp>.json (or its folder: the newest file is used)")
+    parser.add_argument(
+        "results", help="results_<timestamp>.json (or a folder holding exactly one lm-eval run)"
+    )
     metavar = "METRIC=VALUE"
     parser.add_argument("--min", action="append", default=[], metavar=metavar, help="fail if metric < VALUE")
     parser.add_argument("--max", action="append", default=[], metavar=metavar, help="fail if metric > VALUE")
@@ -161,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail if metric is worse than baseline by > VALUE",
     )
     parser.add_argument("--junit", help="also write the checks as JUnit XML to this file")
+    parser.add_argument(
+        "--allow-limit",
+        action="store_true",
+        help="accept runs that scored only part of their data (lm-eval --limit); refused by default",
+    )
     return parser
 
 
@@ -171,35 +189,74 @@ def _single_results_file(path: str) -> Path:
     return found[0]
 
 
-def _prepare(args: argparse.Namespace) -> tuple[Path, list[Outcome]]:
+def parse_thresholds(args: argparse.Namespace) -> list[Threshold]:
+    """Every ``--min`` / ``--max`` / ``--max-drop``; ResultsError when one is malformed or repeated."""
     thresholds = [parse_threshold(spec, kind) for kind in ("min", "max") for spec in getattr(args, kind)]
     thresholds += [parse_threshold(spec, "max-drop") for spec in args.max_drop]
+    seen: set[tuple[str, str]] = set()
+    for threshold in thresholds:
+        key = (threshold.kind, threshold.metric)
+        if key in seen:
+            raise ResultsError(
+                f"--{threshold.kind} {threshold.metric} is given more than once; keep one threshold per metric"
+            )
+        seen.add(key)
     if not thresholds:
         raise ResultsError("no checks requested: give at least one --min, --max or --max-drop")
     if args.max_drop and not args.baseline:
         raise ResultsError("--max-drop needs --baseline BASELINE_RESULTS.json")
     if args.baseline and not args.max_drop:
         raise ResultsError("--baseline given without --max-drop METRIC=VALUE: nothing to compare")
+    return thresholds
+
+
+def usable_metrics(
+    path: Path, names: Sequence[str], allow_limit: bool, role: str = "results"
+) -> dict[str, Metric]:
+    """The metrics ``names`` of the results file ``path``, each present and usable, from a run that scored all
+    its data (unless ``allow_limit``); ResultsError naming the file, the metric, its task and the fix."""
+    data = load_results(path)
+    run = coverage(data)
+    if not run.complete and not allow_limit:
+        short = ", ".join(run.short_tasks[:6]) or "n-samples missing"
+        raise ResultsError(
+            f"{role} {path} did not score all its data ({run.describe()}; tasks: {short}): a --limit run "
+            "cannot gate a release. Rerun without --limit, or pass --allow-limit to check it anyway"
+        )
+    metrics = read_metrics_loaded(path, data)
+    for name in names:
+        if name not in metrics:
+            raise ResultsError(missing_metric_message(path, name, metrics))
+        if not metrics[name].usable:
+            raise ResultsError(
+                f"{role} {path}: metric {name!r} from task {metrics[name].task!r} is unusable: "
+                f"{metrics[name].problem} (a failed judge gives NaN: re-judge with `slowed-eval judge`)"
+            )
+    return metrics
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Path, list[Outcome], str]:
+    thresholds = parse_thresholds(args)
     results_path = _single_results_file(args.results)
-    metrics = metrics_from_file(results_path)
-    for threshold in thresholds:
-        if threshold.metric not in metrics:
-            raise ResultsError(missing_metric_message(results_path, threshold.metric, metrics))
+    baseline_path = _single_results_file(args.baseline) if args.baseline else None
+    refuse_overwrite({"--junit": args.junit}, [path for path in (results_path, baseline_path) if path])
+    metrics = usable_metrics(results_path, [t.metric for t in thresholds], args.allow_limit)
     baseline = None
-    if args.baseline:
-        baseline_path = _single_results_file(args.baseline)
-        baseline = metrics_from_file(baseline_path)
-        for threshold in thresholds:
-            if threshold.kind == "max-drop" and threshold.metric not in baseline:
-                raise ResultsError(missing_metric_message(baseline_path, threshold.metric, baseline))
-    return results_path, run_checks(metrics, thresholds, baseline)
+    if baseline_path is not None:
+        drops = [t.metric for t in thresholds if t.kind == "max-drop"]
+        baseline = usable_metrics(baseline_path, drops, args.allow_limit, role="baseline")
+    return (
+        results_path,
+        run_checks(metrics, thresholds, baseline),
+        coverage(load_results(results_path)).describe(),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``slowed-eval check``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        results_path, outcomes = _prepare(args)
+        results_path, outcomes, scored = _prepare(args)
     except ResultsError as error:
         print(f"slowed-eval check: error: {error}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -207,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [outcome for outcome in outcomes if not outcome.passed]
     for outcome in failed:
         print(f"REGRESSION: {outcome.message}")
-    print(f"{len(outcomes) - len(failed)}/{len(outcomes)} checks passed for {results_path}")
+    print(f"{len(outcomes) - len(failed)}/{len(outcomes)} checks passed for {results_path} ({scored})")
     if args.junit:
         try:
             write_atomic(args.junit, junit_xml(outcomes, results_path))

@@ -10,7 +10,7 @@ lm-eval 0.4.13's CLI is argparse with subcommands ``run`` / ``ls`` / ``validate`
 ``run``). The slowed subcommands are dispatched on the first argument before anything reaches lm-eval, and
 every lm-eval subcommand gets ``--include_path`` = [our task folder, the user's path] (lm-eval's
 ``TaskManager`` accepts a list; later paths win, so a user's task of the same name overrides ours).
-After a run, the judge records are added to the results file (see :func:`run_lm_eval`).
+After a run, the judge, training and data records are added to its results file (see :func:`run_lm_eval`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from slowed.evaluation.results import attach_slowed_records, output_folder
+from slowed.evaluation.records import attach_slowed_records, snapshot, task_metadata
+from slowed.evaluation.results import output_folder
 from slowed.evaluation.tasks import TASK_DIR, include_paths
 
 
@@ -84,11 +84,11 @@ def parse_lm_eval_args(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
 
 def run_lm_eval(argv: Sequence[str]) -> int:
     """Run lm-eval's CLI on ``argv`` with the slowed tasks included (:func:`parse_lm_eval_args`). The results
-    files it writes get ``"slowed_judges"``: the safety judge that ran (model, template hash, generation
-    settings) and its label counts."""
+    file this run writes gets ``slowed_judges`` (each safety judge that ran here: its ``describe()`` and label
+    counts), ``slowed_training`` and ``slowed_data`` (see :mod:`slowed.evaluation.records`)."""
     from lm_eval.utils import setup_logging
 
-    from slowed.evaluation.safety import GENERATIONS_DIR_ENV
+    from slowed.evaluation.safety import GENERATIONS_DIR_ENV, generations_dir
 
     setup_logging()
     harness, args = parse_lm_eval_args(argv)
@@ -96,10 +96,12 @@ def run_lm_eval(argv: Sequence[str]) -> int:
     if output_path and not os.environ.get(GENERATIONS_DIR_ENV, "").strip():
         # Saved generations and judge sidecars land next to lm-eval's own results.
         os.environ[GENERATIONS_DIR_ENV] = str(output_folder(output_path) / "slowed-generations")
-    started = time.time()
+    before = snapshot(output_path, generations_dir()) if output_path else None
     harness.execute(args)
-    if output_path:
-        attach_slowed_records(output_path, started, getattr(args, "model_args", None))
+    if before is not None:
+        model_args = getattr(args, "model_args", None)
+        metadata = task_metadata(model_args, getattr(args, "metadata", None))
+        attach_slowed_records(before, output_path, model_args, metadata)
     return 0
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from slowed.atomic import write_atomic
-from slowed.evaluation.results import METRIC_SOURCES, ResultsError, load_results
+from slowed.evaluation.results import METRIC_SOURCES, ResultsError, load_results, refuse_overwrite
 
 SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<timestamp>\d{4}-\d{2}-\d{2}T[\d.\-]+)\.jsonl$")
 #: `<task>_<run_stamp()>_generations.jsonl`, the judge filter's saved generations (`generations_file_name`).
@@ -81,6 +81,15 @@ def _read_run_results(path: Path | None) -> dict[str, Any] | None:
         return None
 
 
+def dataset_size(task: str, run_results: Mapping[str, Any] | None) -> int | None:
+    """The number of documents ``task`` has (``n-samples.original`` of the run's results), or None when the
+    run's results are not beside the samples: a generations file alone cannot tell whether the run was
+    ``--limit``-ed, so ``slowed-eval check`` then needs ``--allow-limit``."""
+    counts = (run_results or {}).get("n-samples", {}).get(task)
+    original = counts.get("original") if isinstance(counts, Mapping) else None
+    return original if isinstance(original, int) and not isinstance(original, bool) else None
+
+
 def _mean_and_stderr(values: Sequence[float]) -> tuple[float, float | str]:
     """lm-eval's ``mean`` and ``mean_stderr`` (sample std / sqrt(n)); ``"N/A"`` below two samples, as lm-eval."""
     from lm_eval.api.metrics import mean, mean_stderr
@@ -124,7 +133,7 @@ def build_results(
         "higher_is_better": {
             task: {metric: METRIC_SOURCES[metric].higher_is_better for metric in SAFETY_METRICS}
         },
-        "n-samples": {task: {"original": len(labels), "effective": len(labels)}},
+        "n-samples": {task: {"original": dataset_size(task, run_results), "effective": len(labels)}},
         **provenance,
         "slowed_judges": {
             task: {"judge": dict(summary["judge"]), "n": summary["n"], "counts": dict(summary["counts"])}
@@ -151,6 +160,14 @@ def rejudge(
     if not samples_path.is_file():
         raise RejudgeError(f"--samples {samples_path}: file not found (pass a samples_slowed_safety_*.jsonl)")
     task = task or task_of(samples_path) or DEFAULT_TASK
+    run_results_path = run_results_file(samples_path)
+    try:
+        refuse_overwrite(
+            {"--output": output, "--output-samples": output_samples},
+            [path for path in (samples_path, run_results_path) if path is not None],
+        )
+    except ResultsError as error:
+        raise RejudgeError(str(error)) from error
     try:
         samples = read_samples(samples_path)
     except (ValueError, UnicodeDecodeError) as error:
@@ -169,7 +186,7 @@ def rejudge(
     labels = [verdict.label for verdict in verdicts]
     logged = logged_labels(samples)
     agreement = sum(a == b for a, b in zip(labels, logged, strict=True)) / len(labels) if logged else None
-    run_results = _read_run_results(run_results_file(samples_path))
+    run_results = _read_run_results(run_results_path)
     results = build_results(task, filter_name, labels, summary, samples_path, run_results, agreement)
     if output_samples is not None:
         lines = []
