@@ -7,7 +7,9 @@ results JSON in lm-eval's layout (``results.<task>`` with ``safety_ratio,<filter
 ``check`` read it like any run. It also records ``slowed_judges.<task>`` (the judge's ``describe()``, label
 counts) and ``slowed_rejudge`` (source file, agreement with the verdicts logged in the samples). The model
 provenance (``model_name``, ``config``) is copied from the run's ``results_<timestamp>.json`` beside the
-samples when present. Exit status 0, or 2 when the input or the judge cannot be used.
+samples when present, with the task's dataset size (``n-samples.original``; None without that file, so
+``check`` then needs ``--allow-limit``). ``--output`` / ``--output-samples`` may not be the samples file or
+the run's results file. Exit status 0, or 2 when the input, an output path or the judge cannot be used.
 """
 
 from __future__ import annotations
