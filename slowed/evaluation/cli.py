@@ -4,7 +4,7 @@
     slowed-eval --print-task-dir                      print the task folder (for lm_eval --include_path)
     slowed-eval judge  --samples S.jsonl --output R.json [--judge SPEC]
     slowed-eval report RESULTS... [--markdown M] [--csv C] [--plot P] [--labels ...]
-    slowed-eval check  RESULTS [--min M=V] [--max M=V] [--baseline B --max-drop M=V] [--junit J]
+    slowed-eval check  RESULTS [--min M=V] [--max M=V] [--baseline B --max-drop M=V] [--junit J] [--allow-limit]
 
 lm-eval 0.4.13's CLI is argparse with subcommands ``run`` / ``ls`` / ``validate`` (a bare option list means
 ``run``). The slowed subcommands are dispatched on the first argument before anything reaches lm-eval, and
