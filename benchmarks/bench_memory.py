@@ -10,7 +10,7 @@ On CUDA it reports ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory
 Reported: the peak after loading (absolute) and the increase over the resident set at the reset (the
 training's own memory), each as a ratio to stock. Target: SLowED ≤ 1.02 × stock.
 
-    python benchmarks/bench_memory.py                            # stock, lem_st, initial, hand: about 4 minutes
+    python benchmarks/bench_memory.py                            # stock, lem_st, initial, hand: about 7 minutes
 """
 
 from __future__ import annotations
@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--model", default="embedded:smollm2-135m")
     parser.add_argument("--participants", default="stock,lem_st,initial,hand")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument(
         "--row-repeats", type=int, default=1, help="write each rationale N times (longer rows)"
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         default="trl-default",
         help="trainers only",
     )
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -26,7 +26,7 @@ torch.profiler table of one stock and one hand forward + backward (same batch) f
 
 Peak memory is not measured here (one process holds every participant): see bench_memory.py.
 
-    python benchmarks/bench_training_step.py                     # embedded SmolLM2-135M, CPU, about 8 minutes
+    python benchmarks/bench_training_step.py                     # embedded SmolLM2-135M, CPU, about 7 minutes
     python benchmarks/bench_training_step.py --participants stock,lem --rounds 3 --batches 4   # quick look
 """
 
@@ -551,9 +551,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model", default="embedded:smollm2-135m", help="a model path, hub id or embedded:smollm2-135m"
     )
     parser.add_argument("--participants", default=",".join(PARTICIPANTS))
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--batches", type=int, default=8, help="distinct batches, cycled")
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=6, help="distinct batches, cycled")
+    parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument(
         "--row-repeats", type=int, default=1, help="write each rationale N times (longer rows)"
