@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 TESTBED_KIND = "slowed-testbed"
 ADAPTER_DIR_NAME = "alignment_adapter"
 BENIGN_CACHE_SUFFIX = ".benign-answers.json"
-_MAX_MERGE_LOGIT_DIFF = 1e-4
+# float32 rounding of W + s·B·A over 30 layers: measured 1.03e-4 on SmolLM2-135M (logits of order 10).
+_MAX_MERGE_LOGIT_DIFF = 1e-3
 _PROBE_QUESTION = "Which gas do plants take in for photosynthesis?"
 
 # Refusal completions for the harmful rows: varied openings (apology, plain "I can't", "No", decline,
