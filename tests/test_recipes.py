@@ -26,7 +26,10 @@ PAPER_MODELS = {
 }
 # keys the dataclasses rewrite on construction (report_to "none" -> [], YAML-1.1 number strings -> float)
 NORMALISED_KEYS = {"report_to", "slow_tuning_tau", "learning_rate", "lora_target_modules"}
-TRAINING_YAMLS = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "accelerate")
+# align.yaml builds the testbed student (slowed.testbed, tested in test_testbed.py), not a SLowED training run
+TRAINING_YAMLS = sorted(
+    p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "accelerate" and p.name != "align.yaml"
+)
 ACCELERATE_YAMLS = sorted((RECIPES / "accelerate").glob("*.yaml"))
 
 
