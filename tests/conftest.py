@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -28,3 +29,15 @@ def shared_data_dir() -> Path:
     if not SHARED_DATA_DIR.is_dir():
         pytest.skip(f"shared datasets not found at {SHARED_DATA_DIR} (only present on the project machines)")
     return SHARED_DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def _lm_eval_logger_restored():
+    """lm-eval's `setup_logging`, run in-process by `slowed-eval`, stops the `lm_eval` logger (parent of
+    `lm_eval.slowed`) propagating to the root logger, where `caplog` listens, and binds a handler to that
+    test's captured stderr, which later tests find closed. Restore both after every test."""
+    lm_eval_logger = logging.getLogger("lm_eval")
+    handlers, propagate = list(lm_eval_logger.handlers), lm_eval_logger.propagate
+    yield
+    lm_eval_logger.handlers[:] = handlers
+    lm_eval_logger.propagate = propagate
