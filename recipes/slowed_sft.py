@@ -288,7 +288,7 @@ def main(script_args, training_args, model_args) -> dict[str, Any]:
     """Train with `SLowEDTrainer`, save the adapter/model to `output_dir`, write and return the run record."""
     from trl import get_peft_config, get_quantization_config
 
-    from slowed.atomic import write_atomic
+    from slowed.jsonio import write_atomic
     from slowed.models import resolve_model_path
     from slowed.trainer import SLowEDTrainer
 

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 
 import datasets
 
-from slowed.data import CANONICAL_FEATURES
 from slowed.prompting import ANSWER_SENTENCE
+from slowed.schema import CANONICAL_FEATURES
 
 Example = tuple[str, str, str]  # (question, rationale, answer)
 

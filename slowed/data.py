@@ -44,18 +44,10 @@ from typing import Any
 
 import datasets
 
+from slowed.builtin_corpus import builtin_cot_corpus
 from slowed.prompting import assistant_message, user_message
+from slowed.schema import CANONICAL_COLUMNS, CANONICAL_FEATURES
 
-CANONICAL_COLUMNS = ("question", "rationale", "answer", "task", "index")
-CANONICAL_FEATURES = datasets.Features(
-    {
-        "question": datasets.Value("string"),
-        "rationale": datasets.Value("string"),
-        "answer": datasets.Value("string"),
-        "task": datasets.Value("string"),
-        "index": datasets.Value("int64"),
-    }
-)
 CORPUS_SUFFIXES = (".jsonl", ".json", ".csv")
 BUILTIN_SOURCE = "builtin"
 MAX_LISTED_PROBLEMS = 20
@@ -151,8 +143,6 @@ def load_cot_corpus(
                 f"source='builtin' has the canonical columns already; drop columns={mapping} "
                 "(to load a local folder named 'builtin', pass './builtin')"
             )
-        from slowed.builtin_corpus import builtin_cot_corpus  # builtin_corpus imports this module
-
         return builtin_cot_corpus()  # solver-made: every row is correct, so only_correct changes nothing
     if only_correct and mapping.correct is None:
         raise ValueError(

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, TrainerCallback
 
-from slowed.atomic import write_atomic
+from slowed.jsonio import write_atomic
 from slowed.judges.base import Judge, Verdict
 from slowed.prompting import user_message
 

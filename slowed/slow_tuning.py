@@ -62,7 +62,7 @@ from torch import nn
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from slowed.atomic import atomic_path
+from slowed.jsonio import atomic_path
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slowed.atomic import write_atomic
+from slowed.jsonio import write_atomic
 from slowed.models import COMPLETE_MARKER, MARKER_FORMAT, aligned_cache_dir, is_complete, move_into_place
 from slowed.prompting import user_message
 
@@ -419,7 +419,7 @@ def targets_met(record: dict[str, Any], min_safety: float = 0.9, max_refusal: fl
 def load_target_judge(spec: str):
     """The judge for the targets: a refusal judge by name ("refusal", "keywords", ...), else `load_judge(spec)`."""
     from slowed.judges import load_judge
-    from slowed.judges.refusal import load_refusal_judge, refusal_judge_names
+    from slowed.judges.loading import load_refusal_judge, refusal_judge_names
 
     return load_refusal_judge(spec) if spec in refusal_judge_names() else load_judge(spec)
 

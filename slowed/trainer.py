@@ -61,7 +61,7 @@ from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
 import slowed
-from slowed.atomic import write_atomic
+from slowed.jsonio import write_atomic
 from slowed.collator import KEEP_COLUMN, NUM_MASKED_KEY, MaskingCollator
 from slowed.config import SLowEDConfig
 from slowed.masking import kept_token_count, low_entropy_keep_mask, selection_scores

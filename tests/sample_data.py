@@ -197,3 +197,11 @@ def write_sample_xstest(root: Path, rows_per_label: int) -> Path:
                 [number, f"Placeholder {label} question {i}, with a comma?", prompt_type, label, "", ""]
             )
     return path
+
+
+def judge_record(folder: Path, task: str) -> dict:
+    """The one judge sidecar ``task`` wrote in ``folder``, as the results file records it (plus ``judge_file``)."""
+    from slowed.evaluation.files import JUDGE_SIDECAR_NAME, judge_sidecars
+
+    (path,) = [p for p in judge_sidecars(folder) if JUDGE_SIDECAR_NAME.match(p.name)["task"] == task]
+    return {**json.loads(path.read_text(encoding="utf-8")), "judge_file": str(path)}

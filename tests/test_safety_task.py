@@ -13,19 +13,17 @@ from pathlib import Path
 import pytest
 from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
-from sample_data import write_sample_data_dir
+from sample_data import judge_record, write_sample_data_dir
 from test_judges import offline, reference_guard_outputs, save_verdict_guard
 from transformers import AutoTokenizer
 
-from slowed.evaluation import safety
-from slowed.evaluation.rejudge import generations_file_name, run_stamp, task_of
+from slowed.evaluation import files
+from slowed.evaluation.files import generations_file_name, read_samples, run_stamp, task_of
 from slowed.evaluation.safety import (
     JUDGE_FAILED,
     SafetyJudgeFilter,
     judge_samples,
     process_results,
-    read_samples,
-    recorded_judges,
 )
 from slowed.judges import WALLEDGUARD_C_TEMPLATE, RefusalKeywordJudge, parse_guard_verdict
 
@@ -95,7 +93,7 @@ def test_safety_tasks_end_to_end(tiny_model_dir, sample_dir, tmp_path, monkeypat
         keyword_labels.count("unknown") / LIMIT
     )
 
-    record = recorded_judges()["slowed_safety"]
+    record = judge_record(tmp_path / "generations", "slowed_safety")
     assert record["judge"]["model"] == str(guard_dir) and record["judge"]["template"] == "walledguard-c"
     assert json.loads(Path(record["judge_file"]).read_text()) == {
         key: value for key, value in record.items() if key != "judge_file"
@@ -216,12 +214,12 @@ def test_default_generations_dir_is_private_and_logged(monkeypatch):
     records, slowed_logger = _Records(), logging.getLogger("lm_eval.slowed")
     slowed_logger.addHandler(records)
     monkeypatch.setattr(slowed_logger, "level", logging.INFO)
-    safety._private_generations_dir.cache_clear()
+    files._private_generations_dir.cache_clear()
     try:
-        folder = safety.generations_dir()
+        folder = files.generations_dir()
         SafetyJudgeFilter(task="unit", judge="keywords").apply([["I'm sorry"]], [{"prompt": "a"}])
     finally:
-        safety._private_generations_dir.cache_clear()
+        files._private_generations_dir.cache_clear()
         slowed_logger.removeHandler(records)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700

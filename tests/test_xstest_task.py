@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
-from sample_data import write_sample_xstest
+from sample_data import judge_record, write_sample_xstest
 
 from slowed.evaluation.results import HIGHER_IS_BETTER, METRIC_NAMES, metrics_from_results
-from slowed.evaluation.safety import recorded_judges
 from slowed.evaluation.xstest import RefusalJudgeFilter, load_xstest, process_results
 
 XSTEST_TASK_DIR = Path(__file__).resolve().parents[1] / "lm_eval_tasks" / "xstest"
@@ -76,7 +75,7 @@ def test_filter_kinds_sidecar_breakdown_and_metric_match_a_hand_count(tmp_path, 
         "definitions": {"n": 2, "full": 0, "partial": 1, "none": 0, "empty": 1, "refusal_rate": 0.5},
         "homonyms": {"n": 2, "full": 1, "partial": 0, "none": 1, "empty": 0, "refusal_rate": 0.5},
     }
-    assert recorded_judges()["unit_xstest"]["type_breakdown"] == record["type_breakdown"]
+    assert judge_record(tmp_path, "unit_xstest")["type_breakdown"] == record["type_breakdown"]
     (saved,) = tmp_path.glob("unit_xstest_*_generations.jsonl")
     assert [json.loads(line)["resps"] for line in saved.read_text(encoding="utf-8").splitlines()] == [
         [r] for r in RESPONSES
@@ -134,7 +133,7 @@ def test_xstest_group_end_to_end_with_a_guard_in_slowed_judge(tiny_model_dir, tm
         kinds = [s["filtered_resps"][0][0] for s in samples]
         refused = [k in ("full", "partial") or (k == "empty" and label == "safe") for k in kinds]
         assert results["results"][task][f"{metric},refusal"] == pytest.approx(sum(refused) / len(refused))
-        record = recorded_judges()[task]
+        record = judge_record(tmp_path / "generations", task)
         assert record["judge"]["kind"] == "refusal"
         hand = {}
         for sample, kind in zip(samples, kinds, strict=True):

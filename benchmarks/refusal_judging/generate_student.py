@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from slowed.atomic import write_atomic
+from slowed.jsonio import write_atomic
 from slowed.models import embedded_student_path
 
 HERE = Path(__file__).resolve().parent

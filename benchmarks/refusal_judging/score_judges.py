@@ -26,8 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slowed.atomic import write_atomic
-from slowed.judges.refusal import RefusalDetector, RefusalReading, load_refusal_judge
+from slowed.jsonio import write_atomic
+from slowed.judges.loading import load_refusal_judge
+from slowed.judges.refusal import RefusalDetector, RefusalReading
 
 HERE = Path(__file__).resolve().parent
 LABELS = ("refusal", "partial", "compliance")

@@ -71,7 +71,7 @@ def evaluate(
     from lm_eval import simple_evaluate
     from lm_eval.utils import simple_parse_args_string
 
-    from slowed.evaluation.safety import generations_dir
+    from slowed.evaluation.files import generations_dir
 
     parsed_model_args = (
         simple_parse_args_string(model_args) if isinstance(model_args, str) else model_args or {}

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slowed.atomic import write_atomic
 from slowed.evaluation.results import (
     HIGHER_IS_BETTER,
     METRIC_NAMES,
@@ -31,6 +30,7 @@ from slowed.evaluation.results import (
     read_metrics_loaded,
     refuse_overwrite,
 )
+from slowed.jsonio import write_atomic
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_UNUSABLE = 0, 1, 2
 #: Comparisons forgive this much float rounding (a drop of 0.1 - 0.08 must pass --max-drop M=0.02).

@@ -88,7 +88,7 @@ def run_lm_eval(argv: Sequence[str]) -> int:
     counts), ``slowed_training`` and ``slowed_data`` (see :mod:`slowed.evaluation.records`)."""
     from lm_eval.utils import setup_logging
 
-    from slowed.evaluation.safety import GENERATIONS_DIR_ENV, generations_dir
+    from slowed.evaluation.files import GENERATIONS_DIR_ENV, generations_dir
 
     setup_logging()
     harness, args = parse_lm_eval_args(argv)

@@ -25,15 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slowed.atomic import write_atomic
+from slowed.evaluation.files import JUDGE_SIDECAR_NAME, judge_sidecars
 from slowed.evaluation.results import LM_EVAL_RESULTS_NAME, ResultsError, load_results, output_folder
+from slowed.jsonio import write_atomic
 
 TRAINING_RECORD_NAME = "slowed_config.json"  # slowed.trainer.SLOWED_CONFIG_NAME, without importing TRL
 DATA_DIR_ENV, HELDOUT_ENV = "SLOWED_DATA_DIR", "SLOWED_BBH_HELDOUT"  # slowed.evaluation.datasets
-#: `<task>_<stamp>_judge.json` / `_judge_failed.json` with stamp `<UTC time>Z_<pid>` (`rejudge.run_stamp`).
-JUDGE_SIDECAR_NAME = re.compile(
-    r"^(?P<task>.+)_(?P<stamp>\d{8}T\d{12}Z_(?P<pid>\d+))_judge(?P<failed>_failed)?\.json$"
-)
 logger = logging.getLogger("lm_eval.slowed")
 
 
@@ -57,13 +54,6 @@ def results_candidates(output_path: str | Path) -> set[Path]:
         pattern = re.compile(rf"^{stem}_\d{{4}}-\d{{2}}-\d{{2}}T\d{{2}}-\d{{2}}-\d{{2}}(\.\d+)?\.json$")
         return {path for path in folder.glob(f"{output_path.stem}_*.json") if pattern.match(path.name)}
     return {path for path in folder.glob("*/results_*.json") if LM_EVAL_RESULTS_NAME.match(path.name)}
-
-
-def judge_sidecars(folder: Path | None) -> set[Path]:
-    """Judge sidecar files in the generations folder (empty when it does not exist)."""
-    if folder is None or not folder.is_dir():
-        return set()
-    return {path for path in folder.iterdir() if JUDGE_SIDECAR_NAME.match(path.name)}
 
 
 def snapshot(output_path: str | Path | None, generations: Path | None) -> RunSnapshot:

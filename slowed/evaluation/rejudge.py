@@ -16,50 +16,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from slowed.atomic import write_atomic
+from slowed.evaluation.files import read_samples, run_results_file, task_of
 from slowed.evaluation.results import METRIC_SOURCES, ResultsError, load_results, refuse_overwrite
+from slowed.jsonio import write_atomic
 
-SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<timestamp>\d{4}-\d{2}-\d{2}T[\d.\-]+)\.jsonl$")
-#: `<task>_<run_stamp()>_generations.jsonl`, the judge filter's saved generations (`generations_file_name`).
-GENERATIONS_NAME = re.compile(r"^(?P<task>.+)_(?P<stamp>\d{8}T\d{12}Z_\d+)_generations\.jsonl$")
 DEFAULT_TASK, DEFAULT_FILTER = "slowed_safety", "judge"
-
-
-def run_stamp() -> str:
-    """`<UTC time to the microsecond>Z_<pid>`: names one judge-filter run's generations and judge files."""
-    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%fZ}_{os.getpid()}"
-
-
-def generations_file_name(task: str, stamp: str) -> str:
-    """The judge filter's generations file name for ``task`` (parsed back by :data:`GENERATIONS_NAME`)."""
-    return f"{task}_{stamp}_generations.jsonl"
 
 
 class RejudgeError(ValueError):
     """The samples file, the options or the judge cannot be used; the message names which and why."""
-
-
-def task_of(path: Path) -> str | None:
-    """The task name in an lm-eval samples file name or a judge-filter generations file name."""
-    match = SAMPLES_NAME.match(path.name) or GENERATIONS_NAME.match(path.name)
-    return match["task"] if match else None
-
-
-def run_results_file(samples_path: Path) -> Path | None:
-    """``results_<timestamp>.json`` written by the same lm-eval run as ``samples_<task>_<timestamp>.jsonl``."""
-    match = SAMPLES_NAME.match(samples_path.name)
-    if not match:
-        return None
-    candidate = samples_path.with_name(f"results_{match['timestamp']}.json")
-    return candidate if candidate.is_file() else None
 
 
 def logged_labels(samples: Sequence[Mapping[str, Any]]) -> list[str] | None:
@@ -155,7 +126,7 @@ def rejudge(
     """Re-judge ``samples_path`` with ``judge`` (a ``load_judge`` spec; None = $SLOWED_JUDGE or the default),
     write the results JSON to ``output`` (and the re-judged samples to ``output_samples``) atomically, and
     return the results dict."""
-    from slowed.evaluation.safety import judge_samples, label_metrics, read_samples
+    from slowed.evaluation.safety import judge_samples, label_metrics
     from slowed.judges import load_judge
 
     samples_path = Path(samples_path)

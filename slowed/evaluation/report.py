@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slowed.atomic import write_atomic
 from slowed.evaluation.results import (
     METRIC_NAMES,
     Coverage,
@@ -35,6 +34,7 @@ from slowed.evaluation.results import (
     read_metrics_loaded,
     refuse_overwrite,
 )
+from slowed.jsonio import write_atomic
 
 COLUMN_TITLES: dict[str, str] = {
     "safety_ratio": "Safety",

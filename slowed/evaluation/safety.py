@@ -1,5 +1,7 @@
 """lm-eval glue for the safety tasks: a batched judge `Filter`, the per-sample metrics, and re-judging helpers.
 
+The file formats (generations, judge sidecars, samples) are `slowed.evaluation.files`'.
+
 Flow in one lm-eval run (0.4.13): every task generates first; then `task.apply_filters()` calls
 `SafetyJudgeFilter.apply(resps, docs)` once per task with all its responses (`resps[i]` is the list of
 generations for doc i; the first one is judged, as lm-eval's `take_first`). The filter
@@ -10,7 +12,7 @@ generations for doc i; the first one is judged, as lm-eval's `take_first`). The 
 2. runs the judge once over the whole task and returns per doc `[label, raw judge output]`, which lands in
    `--log_samples` as `filtered_resps` and reaches `process_results`;
 3. records the judge's `describe()` with the label counts in `<task>_<stamp>_judge.json` (written
-   atomically) and in `recorded_judges()` (for callers of `simple_evaluate` to merge into the results).
+   atomically; `slowed.evaluation.records` reads it back into the results file).
 
 Failures. Everything that can be checked without a model (judge spec, template, guard path or hub-id
 syntax, guard options, a writable generations folder) is checked by :func:`check_judge_setup` when lm-eval
@@ -30,13 +32,8 @@ Log lines go to the `lm_eval.slowed` logger, so lm-eval's CLI shows them with it
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import math
-import os
-import stat
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -44,67 +41,23 @@ from typing import Any
 
 from lm_eval.api.filter import Filter
 
-from slowed.atomic import write_atomic
-from slowed.evaluation.rejudge import generations_file_name, run_stamp
+from slowed.evaluation.files import (
+    SampleLayoutError,
+    check_generations_dir,
+    generation_samples,
+    run_stamp,
+    sample_prompt_response,
+    write_generations,
+    write_judge_sidecar,
+)
 from slowed.judges import LABELS, Judge, Verdict, load_judge
 from slowed.judges.loading import check_judge_spec
 
-GENERATIONS_DIR_ENV = "SLOWED_GENERATIONS_DIR"
 #: The per-sample metrics of the safety tasks (`label_metrics`), in the order of the results.
 SAFETY_METRICS: tuple[str, ...] = ("safety_ratio", "judge_unknown_rate")
 #: The per-doc label of a task whose judge failed: its metrics are NaN (see `label_metrics`).
 JUDGE_FAILED = "judge_failed"
-_RECORDS: dict[str, dict[str, Any]] = {}
 logger = logging.getLogger("lm_eval.slowed")
-
-
-class GenerationsDirError(OSError):
-    """The generations folder cannot be created or written; the message names the variable and the fix."""
-
-
-def generations_dir() -> Path:
-    """$SLOWED_GENERATIONS_DIR, else this process's private folder (`_private_generations_dir`)."""
-    configured = os.environ.get(GENERATIONS_DIR_ENV, "").strip()
-    return Path(configured).expanduser() if configured else _private_generations_dir()
-
-
-@functools.cache
-def _private_generations_dir() -> Path:
-    """A fresh 0700 folder under `<tempdir>/slowed-<uid>` (itself 0700 and ours), made once per process."""
-    base = Path(tempfile.gettempdir()) / f"slowed-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    base.mkdir(mode=0o700, exist_ok=True)
-    info = base.lstat()
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise GenerationsDirError(
-            f"{base} exists but is not a directory owned by this user; remove it or set {GENERATIONS_DIR_ENV}"
-        )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        base.chmod(0o700)
-    folder = Path(tempfile.mkdtemp(prefix="generations-", dir=base))
-    logger.info(
-        "saved generations of the safety tasks go to %s (set %s to choose)", folder, GENERATIONS_DIR_ENV
-    )
-    return folder
-
-
-def check_generations_dir() -> Path:
-    """Create the generations folder and prove it writable (a probe file, removed); returns it.
-
-    Raises GenerationsDirError naming $SLOWED_GENERATIONS_DIR and the fix."""
-    folder = generations_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
-            pass
-    except OSError as error:
-        where = f"{GENERATIONS_DIR_ENV}={os.environ.get(GENERATIONS_DIR_ENV)!r}"
-        if not os.environ.get(GENERATIONS_DIR_ENV, "").strip():
-            where = "the default private folder"
-        raise GenerationsDirError(
-            f"the safety judge's generations folder {folder} ({where}) is not writable: "
-            f"{type(error).__name__}: {error}. Set {GENERATIONS_DIR_ENV} to a folder you can write to."
-        ) from error
-    return folder
 
 
 def check_judge_setup(task: str, judge: str | None = None) -> None:
@@ -117,16 +70,6 @@ def check_judge_setup(task: str, judge: str | None = None) -> None:
     except ValueError as error:
         raise ValueError(f"{task}: the safety judge is misconfigured: {error}") from error
     check_generations_dir()
-
-
-def recorded_judges() -> dict[str, dict[str, Any]]:
-    """Judge records of this process, by task name: `judge` (describe()), `counts`, `n`, file paths."""
-    return {task: dict(record) for task, record in _RECORDS.items()}
-
-
-def record_judge(task: str, record: Mapping[str, Any]) -> None:
-    """Add the judge record of a task judged by another filter (e.g. XSTest's) to `recorded_judges()`."""
-    _RECORDS[task] = dict(record)
 
 
 def label_metrics(label: str) -> dict[str, float]:
@@ -151,38 +94,6 @@ def summarize(verdicts: Sequence[Verdict]) -> dict[str, Any]:
             for metric in SAFETY_METRICS
         },
     }
-
-
-class SampleLayoutError(ValueError):
-    """A sample lacks the prompt or the generation the judge needs."""
-
-
-def sample_prompt_response(sample: Mapping[str, Any]) -> tuple[str, str]:
-    """(prompt, first generation) of one lm-eval `--log_samples` line or one generations-file line."""
-    doc = sample.get("doc")
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("prompt"), str):
-        fields = list(doc) if isinstance(doc, Mapping) else list(sample)
-        raise SampleLayoutError(f"doc {sample.get('doc_id')} has no string field 'prompt' (fields: {fields})")
-    resps = sample.get("resps")
-    if not (isinstance(resps, list) and resps and isinstance(resps[0], list) and resps[0]):
-        raise SampleLayoutError(
-            f"sample {sample.get('doc_id')}: expected resps as [[generation, ...]], got {resps!r:.80}"
-        )
-    return doc["prompt"], str(resps[0][0])
-
-
-def read_samples(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a JSONL of samples (lm-eval `--log_samples` file or the filter's generations file)."""
-    samples = []
-    with Path(path).open(encoding="utf-8") as stream:
-        for line_number, line in enumerate(stream, start=1):
-            if not line.strip():
-                continue
-            try:
-                samples.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line_number}: not a JSON line ({error})") from error
-    return samples
 
 
 def judge_samples(
@@ -218,15 +129,10 @@ class SafetyJudgeFilter(Filter):
         self.judge_spec = judge
 
     def apply(self, resps: Iterable[Any], docs: list[dict]) -> list[list[str]]:
-        samples = [
-            {"doc_id": index, "doc": doc, "resps": [[_first_generation(resp)]]}
-            for index, (doc, resp) in enumerate(zip(docs, resps, strict=True))
-        ]
         stamp = run_stamp()
         folder = check_generations_dir()
-        generations = folder / generations_file_name(self.task, stamp)
-        lines = (json.dumps(sample, ensure_ascii=False, default=str) + "\n" for sample in samples)
-        write_atomic(generations, "".join(lines))
+        samples = generation_samples(docs, [_first_generation(resp) for resp in resps])
+        generations = write_generations(folder, self.task, stamp, samples)
         logger.info("%s: %d generations saved to %s", self.task, len(samples), generations)
         try:
             verdicts, summary = judge_samples(samples, lambda: load_judge(self.judge_spec))
@@ -236,9 +142,7 @@ class SafetyJudgeFilter(Filter):
             message = self._record_failure(error, folder, stamp, generations, len(samples))
             return [[JUDGE_FAILED, message] for _ in samples]
         record = {"task": self.task, **summary, "generations_file": str(generations)}
-        judge_file = folder / f"{self.task}_{stamp}_judge.json"
-        write_atomic(judge_file, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        _RECORDS[self.task] = {**record, "judge_file": str(judge_file)}
+        write_judge_sidecar(folder, self.task, stamp, record)
         return [[verdict.label, verdict.raw] for verdict in verdicts]
 
     def _record_failure(
@@ -258,8 +162,7 @@ class SafetyJudgeFilter(Filter):
             "generations_file": str(generations),
             "rejudge_command": f"slowed-eval judge --samples {generations} --output <results.json>",
         }
-        failure_file = folder / f"{self.task}_{stamp}_judge_failed.json"
-        write_atomic(failure_file, json.dumps(failure, indent=2, ensure_ascii=False) + "\n")
+        failure_file = write_judge_sidecar(folder, self.task, stamp, failure, failed=True)
         logger.error("%s (details: %s)", message, failure_file, exc_info=error)
         return message
 

@@ -6,7 +6,7 @@ two tasks, `slowed_xstest_safe` (metric `overrefusal_rate`) and `slowed_xstest_u
 own prompts, with lm-eval's stderr.
 
 Refusal = a full or a partial refusal (`RefusalReading.refused`), as XSTest counts both as refusal types.
-The judge is always a refusal judge (`slowed.judges.refusal.load_refusal_judge`: the YAML's `judge:`, else
+The judge is always a refusal judge (`slowed.judges.loading.load_refusal_judge`: the YAML's `judge:`, else
 $SLOWED_REFUSAL_JUDGE, else "refusal"): $SLOWED_JUDGE, which may name a guard model that answers "is this
 harmful", is never read here.
 
@@ -20,7 +20,6 @@ judge; per doc the filter returns `[kind, raw]` ("full" / "partial" / "none" / "
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections import Counter
@@ -31,11 +30,16 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 from lm_eval.api.filter import Filter
 
-from slowed.atomic import write_atomic
 from slowed.evaluation.datasets import DATA_DIR_ENV, resolve_data_dir
-from slowed.evaluation.rejudge import generations_file_name, run_stamp
-from slowed.evaluation.safety import generations_dir, record_judge
-from slowed.judges.refusal import REFUSAL_KINDS, RefusalDetector, RefusalReading, load_refusal_judge
+from slowed.evaluation.files import (
+    generation_samples,
+    generations_dir,
+    run_stamp,
+    write_generations,
+    write_judge_sidecar,
+)
+from slowed.judges.loading import load_refusal_judge
+from slowed.judges.refusal import REFUSAL_KINDS, RefusalDetector, RefusalReading
 
 HUB_XSTEST = "walledai/XSTest"
 LOCAL_XSTEST = "xstest/xstest_prompts.csv"
@@ -172,19 +176,10 @@ class RefusalJudgeFilter(Filter):
         types = [_doc_field(doc, "type", index, self.task) for index, doc in enumerate(docs)]
         stamp = run_stamp()
         folder = generations_dir()
-        samples = [
-            {"doc_id": index, "doc": doc, "resps": [[response]]}
-            for index, (doc, response) in enumerate(zip(docs, responses, strict=True))
-        ]
-        generations = folder / generations_file_name(self.task, stamp)
-        write_atomic(
-            generations, "".join(json.dumps(s, ensure_ascii=False, default=str) + "\n" for s in samples)
-        )
+        generations = write_generations(folder, self.task, stamp, generation_samples(docs, responses))
         readings = judge.read_all(responses)
         record = self._record(judge, types, readings, generations)
-        judge_file = folder / f"{self.task}_{stamp}_judge.json"
-        write_atomic(judge_file, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        record_judge(self.task, {**record, "judge_file": str(judge_file)})
+        write_judge_sidecar(folder, self.task, stamp, record)
         return [[reading.kind, reading.raw()] for reading in readings]
 
     def _record(

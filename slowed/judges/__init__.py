@@ -17,15 +17,15 @@ from slowed.judges.guard import (
     render_template,
 )
 from slowed.judges.keywords import REFUSAL_KEYWORDS, RefusalKeywordJudge, RefusalPrefixJudge
-from slowed.judges.loading import DEFAULT_JUDGE, JUDGE_ENV, TEMPLATE_ENV, load_judge
-from slowed.judges.refusal import (
+from slowed.judges.loading import (
+    DEFAULT_JUDGE,
+    JUDGE_ENV,
     REFUSAL_JUDGE_ENV,
-    RefusalDetector,
-    RefusalJudge,
-    RefusalKind,
-    RefusalReading,
+    TEMPLATE_ENV,
+    load_judge,
     load_refusal_judge,
 )
+from slowed.judges.refusal import RefusalDetector, RefusalJudge, RefusalKind, RefusalReading
 from slowed.judges.walledeval_adapter import WalledEvalJudge, walledeval_label
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""`load_judge`: build a judge from a spec string or from the SLOWED_JUDGE* environment variables."""
+"""`load_judge` / `load_refusal_judge`: build a judge from a spec string or from the SLOWED_*JUDGE* environment
+variables."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from typing import Any
 
 from slowed.judges.base import Judge
 from slowed.judges.guard import GUARD_PRESETS, GuardModelJudge, read_template_spec
-from slowed.judges.refusal import load_refusal_judge, refusal_judge_names
+from slowed.judges.keywords import RefusalKeywordJudge, RefusalPrefixJudge
+from slowed.judges.refusal import RefusalDetector, RefusalJudge
 
 DEFAULT_JUDGE = "walledguard-c"
 JUDGE_ENV = "SLOWED_JUDGE"
 TEMPLATE_ENV = "SLOWED_JUDGE_TEMPLATE"
+REFUSAL_JUDGE_ENV = "SLOWED_REFUSAL_JUDGE"
+DEFAULT_REFUSAL_JUDGE = "refusal"
 # Guard options read from the environment (lm-eval filters cannot see --metadata).
 GUARD_OPTION_ENVS: dict[str, tuple[str, type]] = {
     "batch_size": ("SLOWED_JUDGE_BATCH_SIZE", int),
@@ -45,7 +49,7 @@ def load_judge(spec: str | None = None, **guard_options: Any) -> Judge:
     """Build the judge named by `spec` (default: $SLOWED_JUDGE, else "walledguard-c").
 
     Spec forms:
-    - a refusal judge (`slowed.judges.refusal.load_refusal_judge`): "refusal" (`RefusalJudge`), "gcg-keywords"
+    - a refusal judge (`slowed.judges.loading.load_refusal_judge`): "refusal" (`RefusalJudge`), "gcg-keywords"
       (alias "keywords": the GCG list anywhere, `RefusalKeywordJudge`) or "gcg-prefix" (the GCG list at the start).
     - a preset ("walledguard-c", "llama-guard-3-1b", "llama-guard-3-8b"): `GuardModelJudge.from_preset`.
     - "walledeval:<ClassName>": `WalledEvalJudge(walledeval.judge.<ClassName>())`, the class built with its
@@ -164,3 +168,31 @@ def _build_walledeval_judge(judge_class: type) -> Judge:
             f"walledeval.judge.{judge_class.__name__} cannot be built without arguments ({error}); build it in "
             f"Python and wrap it: slowed.judges.WalledEvalJudge(walledeval.judge.{judge_class.__name__}(...))"
         ) from error
+
+
+def refusal_judge_names() -> tuple[str, ...]:
+    """Spec names `load_refusal_judge` accepts."""
+    return ("refusal", "gcg-keywords", "keywords", "gcg-prefix")
+
+
+def load_refusal_judge(spec: str | None = None) -> RefusalDetector:
+    """Build a refusal judge: `spec`, else $SLOWED_REFUSAL_JUDGE, else "refusal".
+
+    "refusal": `RefusalJudge`; "gcg-keywords" (alias "keywords"): the GCG list matched anywhere,
+    case-sensitive (`RefusalKeywordJudge`); "gcg-prefix": the GCG list matched at the start of the response
+    (`RefusalPrefixJudge`, a baseline).
+    """
+    spec = (
+        spec if spec is not None else os.environ.get(REFUSAL_JUDGE_ENV, "")
+    ).strip() or DEFAULT_REFUSAL_JUDGE
+    if spec == "refusal":
+        return RefusalJudge()
+    if spec in ("gcg-keywords", "keywords"):
+        return RefusalKeywordJudge()
+    if spec == "gcg-prefix":
+        return RefusalPrefixJudge()
+    raise ValueError(
+        f"refusal judge {spec!r} is not one of {', '.join(refusal_judge_names())}; set {REFUSAL_JUDGE_ENV} "
+        "(or the task YAML's `judge:`) to one of them. Guard models judge harm, not refusal, so they are not "
+        "accepted here."
+    )

@@ -25,12 +25,12 @@ who count both as refusal types. `Verdict.raw` is "<kind>" or "<kind>: <matched 
 
 Judges with the same `read()` interface: `RefusalJudge` ("refusal"), the GCG list matched anywhere
 (`slowed.judges.keywords.RefusalKeywordJudge`, "gcg-keywords", alias "keywords") and the GCG list
-matched at the start of the response only (`RefusalPrefixJudge`, "gcg-prefix", a baseline).
+matched at the start of the response only (`RefusalPrefixJudge`, "gcg-prefix", a baseline); built by name with
+`slowed.judges.loading.load_refusal_judge`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -41,8 +41,6 @@ from slowed.judges.base import Judge, Label, Verdict
 
 RefusalKind = Literal["full", "partial", "none", "empty"]
 REFUSAL_KINDS: tuple[RefusalKind, ...] = ("full", "partial", "none", "empty")
-REFUSAL_JUDGE_ENV = "SLOWED_REFUSAL_JUDGE"
-DEFAULT_REFUSAL_JUDGE = "refusal"
 
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "ʼ": "'", "`": "'", "“": '"', "”": '"'})
 _MARKDOWN = re.compile(r"[*_#>]+")
@@ -290,33 +288,3 @@ def _search(patterns: Sequence[re.Pattern[str]], text: str, anchored: bool) -> s
         if found:
             return found.group(0).strip()
     return None
-
-
-def refusal_judge_names() -> tuple[str, ...]:
-    """Spec names `load_refusal_judge` accepts."""
-    return ("refusal", "gcg-keywords", "keywords", "gcg-prefix")
-
-
-def load_refusal_judge(spec: str | None = None) -> RefusalDetector:
-    """Build a refusal judge: `spec`, else $SLOWED_REFUSAL_JUDGE, else "refusal".
-
-    "refusal": `RefusalJudge`; "gcg-keywords" (alias "keywords"): the GCG list matched anywhere,
-    case-sensitive (`RefusalKeywordJudge`); "gcg-prefix": the GCG list matched at the start of the response
-    (`RefusalPrefixJudge`, a baseline).
-    """
-    from slowed.judges.keywords import RefusalKeywordJudge, RefusalPrefixJudge
-
-    spec = (
-        spec if spec is not None else os.environ.get(REFUSAL_JUDGE_ENV, "")
-    ).strip() or DEFAULT_REFUSAL_JUDGE
-    if spec == "refusal":
-        return RefusalJudge()
-    if spec in ("gcg-keywords", "keywords"):
-        return RefusalKeywordJudge()
-    if spec == "gcg-prefix":
-        return RefusalPrefixJudge()
-    raise ValueError(
-        f"refusal judge {spec!r} is not one of {', '.join(refusal_judge_names())}; set {REFUSAL_JUDGE_ENV} "
-        "(or the task YAML's `judge:`) to one of them. Guard models judge harm, not refusal, so they are not "
-        "accepted here."
-    )
