@@ -30,7 +30,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 EMBEDDED_STUDENT = "embedded:smollm2-135m"
 ALIGNED_STUDENT = "embedded:smollm2-135m-aligned"
@@ -139,6 +141,14 @@ def resolve_model_path(name_or_path: str) -> str:
             "Fix: use one of those aliases, a hub id or a local checkpoint directory."
         )
     return name_or_path
+
+
+def resolve_model_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
+    """lm-eval ``model_args`` with an embedded alias in ``pretrained`` replaced by its directory (a copy)."""
+    resolved = dict(model_args)
+    if isinstance(resolved.get("pretrained"), str):
+        resolved["pretrained"] = resolve_model_path(resolved["pretrained"])
+    return resolved
 
 
 def move_into_place(staging: Path, target: Path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from slowed.evaluation.records import judge_records_since, slowed_records, snapshot
 from slowed.evaluation.results import metrics_from_results
 from slowed.evaluation.tasks import IncludePath, task_manager
+from slowed.models import resolve_model_args
 
 __all__ = ["evaluate", "metrics_from_results"]
 
@@ -49,7 +50,8 @@ def evaluate(
 
     Args:
         model, model_args: as ``lm_eval.simple_evaluate`` (e.g. ``"hf"``,
-            ``"pretrained=HuggingFaceTB/SmolLM2-135M-Instruct,peft=out/checkpoint-500"``).
+            ``"pretrained=HuggingFaceTB/SmolLM2-135M-Instruct,peft=out/checkpoint-500"``); an embedded alias
+            (``pretrained=embedded:smollm2-135m``) is resolved to its local directory as in ``slowed-eval``.
         tasks: task or group names; default the whole ``slowed`` group (safety + ID + OOD).
         data_dir: local dataset folder (the layout of ``../shared/data``), passed to the task loaders as
             ``metadata["data_dir"]`` (like ``--metadata '{"data_dir": ...}'``); ``None`` leaves it to
@@ -76,6 +78,9 @@ def evaluate(
     parsed_model_args = (
         simple_parse_args_string(model_args) if isinstance(model_args, str) else model_args or {}
     )
+    resolved = resolve_model_args(parsed_model_args)
+    if resolved != parsed_model_args:  # an embedded alias: lm-eval gets its local directory
+        model_args = parsed_model_args = resolved
     task_metadata = dict(parsed_model_args) | (metadata or {})
     if data_dir is not None:
         task_metadata["data_dir"] = str(data_dir)

@@ -21,9 +21,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from slowed.evaluation.lm_eval_compat import parse_harness_args
 from slowed.evaluation.records import attach_slowed_records, snapshot, task_metadata
 from slowed.evaluation.results import output_folder
 from slowed.evaluation.tasks import TASK_DIR, include_paths
+from slowed.models import resolve_model_args
 
 
 def _judge(argv: Sequence[str]) -> int:
@@ -63,22 +65,11 @@ def parse_lm_eval_args(argv: Sequence[str]) -> tuple[Any, argparse.Namespace]:
     """Parse ``argv`` with lm-eval's own ``HarnessCLI`` (its legacy insertion of ``run`` included) and put
     our task folder in front of the user's ``--include_path``; ``pretrained=embedded:smollm2-135m`` in
     ``--model_args`` becomes the embedded student's local path. Returns (the HarnessCLI, the namespace)."""
-    from lm_eval._cli import HarnessCLI
-
-    harness = HarnessCLI()
-    saved_argv = sys.argv
-    sys.argv = ["slowed-eval", *argv]
-    try:
-        args = harness.parse_args()
-    finally:
-        sys.argv = saved_argv
+    harness, args = parse_harness_args(argv)
     if hasattr(args, "include_path"):
         args.include_path = include_paths(args.include_path)
-    model_args = getattr(args, "model_args", None)
-    if isinstance(model_args, dict) and str(model_args.get("pretrained", "")).startswith("embedded:"):
-        from slowed.models import resolve_model_path
-
-        model_args["pretrained"] = resolve_model_path(model_args["pretrained"])
+    if isinstance(getattr(args, "model_args", None), dict):
+        args.model_args = resolve_model_args(args.model_args)
     return harness, args
 
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import functools
-import inspect
 import io
 import json
 import logging
@@ -42,6 +40,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
+from slowed.evaluation.lm_eval_compat import hflm_parameters
 from slowed.prompting import user_message
 
 DATA_DIR_ENV = "SLOWED_DATA_DIR"
@@ -235,7 +234,7 @@ def check_metadata_keys(metadata: Mapping[str, Any]) -> None:
     """
     known = {*METADATA_KEYS, *DATASET_KWARGS, *LM_EVAL_METADATA_KEYS}
     for key in metadata:
-        if key in known or key in _hflm_parameters():
+        if key in known or key in hflm_parameters():
             continue
         normalised = str(key).strip().lower().replace("-", "_")
         if "judge" in normalised:
@@ -258,13 +257,6 @@ def check_metadata_keys(metadata: Mapping[str, Any]) -> None:
                 key,
                 ", ".join(METADATA_KEYS),
             )
-
-
-@functools.cache
-def _hflm_parameters() -> frozenset[str]:
-    from lm_eval.models.huggingface import HFLM
-
-    return frozenset(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
 
 
 # ----------------------------------------------------------------------------- formatting
