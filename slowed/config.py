@@ -10,7 +10,8 @@ With ``entropy_mask_ratio=0`` and ``slow_tuning_tau=None`` (the defaults) traini
 
 Values may arrive as strings (``TrlParser`` from the command line, or a YAML value such as ``1e-3`` that
 YAML 1.1 reads as a string): numeric strings are parsed, and every value is checked in ``__post_init__``
-with an error naming the option, the bad value and the allowed range.
+(by `slowed.knobs`, the one validation of each knob) with an error naming the option, the bad value and the
+allowed range; the combinations that cannot work are refused there too.
 
 Precision: like ``trl.SFTConfig`` in TRL 1.16, ``bf16`` defaults to True whenever ``fp16`` is not set,
 also on CPU, where transformers then trains under CPU bfloat16 autocast. SLowEDConfig keeps that default
@@ -20,18 +21,23 @@ so it stays a drop-in replacement; pass ``bf16=False`` for float32 runs (the tes
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trl import SFTConfig
 
-from slowed.masking import MASK_SCOPES, MASK_SELECTIONS
-from slowed.slow_tuning import INTERVAL_NAMES as SLOW_TUNING_INTERVAL_NAMES
-from slowed.slow_tuning import SCOPES as SLOW_TUNING_SCOPES
+from slowed.knobs import (
+    ENTROPY_SOURCES,
+    MASK_SCOPES,
+    MASK_SELECTIONS,
+    SLOW_TUNING_SCOPES,
+    parse_choice,
+    parse_entropy_mask_ratio,
+    parse_slow_tuning_interval,
+    parse_slow_tuning_tau,
+)
 
-ENTROPY_SOURCES: tuple[str, ...] = ("online", "initial")
 # The knobs recorded in `slowed_config.json` next to the trained weights.
 SLOWED_FIELDS: tuple[str, ...] = (
     "entropy_mask_ratio",
@@ -42,59 +48,6 @@ SLOWED_FIELDS: tuple[str, ...] = (
     "slow_tuning_scope",
     "slow_tuning_interval",
 )
-
-
-def _bad(option: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"SLowEDConfig option `{option}` must be {allowed}; got {value!r}")
-
-
-def _parse_float(option: str, value: Any, allowed: str) -> float:
-    """A real number from a float, an int or a numeric string (never a bool)."""
-    if isinstance(value, bool):
-        raise _bad(option, value, allowed)
-    try:
-        return float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise _bad(option, value, allowed) from None
-
-
-def parse_entropy_mask_ratio(value: Any) -> float:
-    allowed = "a number in [0, 1) (the share of completion tokens dropped from the loss)"
-    ratio = _parse_float("entropy_mask_ratio", value, allowed)
-    if not (0.0 <= ratio < 1.0):  # also rejects NaN
-        raise _bad("entropy_mask_ratio", value, allowed)
-    return ratio
-
-
-def parse_slow_tuning_tau(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
-        return None
-    allowed = "None (Slow Tuning off) or a finite number > 0 (the Frobenius radius of ΔW)"
-    tau = _parse_float("slow_tuning_tau", value, allowed)
-    if not (math.isfinite(tau) and tau > 0):
-        raise _bad("slow_tuning_tau", value, allowed)
-    return tau
-
-
-def parse_slow_tuning_interval(value: Any) -> str | int:
-    """'epoch', 'step' or a positive int N (every N optimizer steps).
-
-    N may come as an int, an integral float (YAML ``10.0``) or a numeric string of either form ("10",
-    "10.0", "1e1"); a fractional value such as 10.5 is refused, in any form.
-    """
-    allowed = (
-        "'epoch', 'step' or a positive integer N (project every N optimizer steps; 10 or 10.0, not 10.5)"
-    )
-    if isinstance(value, str) and value.strip().lower() in SLOW_TUNING_INTERVAL_NAMES:
-        return value.strip().lower()
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    if isinstance(value, bool) or not isinstance(value, (str, float)):
-        raise _bad("slow_tuning_interval", value, allowed)
-    number = _parse_float("slow_tuning_interval", value, allowed)
-    if not (math.isfinite(number) and number.is_integer() and number >= 1):
-        raise _bad("slow_tuning_interval", value, allowed)
-    return int(number)
 
 
 def deepspeed_zero_stage(deepspeed: Any) -> int | None:
@@ -111,12 +64,6 @@ def deepspeed_zero_stage(deepspeed: Any) -> int | None:
         return None
     stage = (deepspeed.get("zero_optimization") or {}).get("stage")
     return stage if isinstance(stage, int) else None
-
-
-def _parse_choice(option: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value.strip() not in choices:
-        raise _bad(option, value, f"one of {choices}")
-    return value.strip()
 
 
 @dataclass
@@ -225,15 +172,13 @@ class SLowEDConfig(SFTConfig):
 
     def __post_init__(self) -> None:
         self.entropy_mask_ratio = parse_entropy_mask_ratio(self.entropy_mask_ratio)
-        self.entropy_mask_selection = _parse_choice(
+        self.entropy_mask_selection = parse_choice(
             "entropy_mask_selection", self.entropy_mask_selection, MASK_SELECTIONS
         )
-        self.entropy_mask_scope = _parse_choice("entropy_mask_scope", self.entropy_mask_scope, MASK_SCOPES)
-        self.entropy_source = _parse_choice("entropy_source", self.entropy_source, ENTROPY_SOURCES)
+        self.entropy_mask_scope = parse_choice("entropy_mask_scope", self.entropy_mask_scope, MASK_SCOPES)
+        self.entropy_source = parse_choice("entropy_source", self.entropy_source, ENTROPY_SOURCES)
         self.slow_tuning_tau = parse_slow_tuning_tau(self.slow_tuning_tau)
-        self.slow_tuning_scope = _parse_choice(
-            "slow_tuning_scope", self.slow_tuning_scope, SLOW_TUNING_SCOPES
-        )
+        self.slow_tuning_scope = parse_choice("slow_tuning_scope", self.slow_tuning_scope, SLOW_TUNING_SCOPES)
         self.slow_tuning_interval = parse_slow_tuning_interval(self.slow_tuning_interval)
         self._check_deepspeed()  # before super(), which imports deepspeed for a `deepspeed` config
         super().__post_init__()

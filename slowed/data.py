@@ -40,13 +40,16 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 
 from slowed.builtin_corpus import builtin_cot_corpus
 from slowed.prompting import assistant_message, user_message
 from slowed.schema import CANONICAL_COLUMNS, CANONICAL_FEATURES
+
+if TYPE_CHECKING:
+    from slowed.scripts.utils import SLowEDScriptArguments
 
 CORPUS_SUFFIXES = (".jsonl", ".json", ".csv")
 BUILTIN_SOURCE = "builtin"
@@ -223,6 +226,37 @@ def to_prompt_completion(dataset: datasets.Dataset) -> datasets.Dataset:
         }
 
     return dataset.map(convert, remove_columns=["question", "rationale", "answer"], desc="prompt/completion")
+
+
+def load_splits(script_args: SLowEDScriptArguments) -> datasets.DatasetDict:
+    """The corpus named by the training script's arguments as TRL prompt/completion conversations: ``train``,
+    and ``test`` when ``test_fraction > 0`` (`split_by_task_index` with ``split_seed``)."""
+    if script_args.is_builtin:
+        corpus = builtin_cot_corpus(
+            num_per_task=script_args.builtin_num_per_task,
+            seed=script_args.builtin_seed,
+            tasks=script_args.builtin_tasks,
+        )
+    else:
+        corpus = load_cot_corpus(
+            script_args.dataset_name,
+            columns=script_args.column_mapping(),
+            only_correct=script_args.only_correct,
+            split=script_args.dataset_train_split,
+        )
+    if script_args.test_fraction > 0:
+        splits = split_by_task_index(corpus, script_args.test_fraction, seed=script_args.split_seed)
+    else:
+        splits = datasets.DatasetDict(train=corpus)
+    return datasets.DatasetDict({name: to_prompt_completion(split) for name, split in splits.items()})
+
+
+def held_out_index_by_task(test_split: datasets.Dataset) -> dict[str, list[int]]:
+    """{task: [index, ...]} of the held-out rows, in split order (what evaluation leaves out of BBH)."""
+    held_out: dict[str, list[int]] = {}
+    for task, index in zip(test_split["task"], test_split["index"], strict=True):
+        held_out.setdefault(task, []).append(index)
+    return held_out
 
 
 def _split_rank(seed: int, task: str, index: int) -> int:

@@ -46,9 +46,23 @@ def write_atomic(path: str | os.PathLike, content: str | bytes) -> Path:
     return Path(path)
 
 
+def jsonable(value: Any) -> Any:
+    """JSON stand-in for a value `json` cannot write: sets sorted into lists, paths as strings, enums by value,
+    anything else as ``str()``."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "value"):  # enums
+        return value.value
+    return str(value)
+
+
 def write_json(path: str | os.PathLike, data: Any, sort_keys: bool = False) -> Path:
-    """Write ``data`` as indented UTF-8 JSON (non-ASCII kept) with a final newline, atomically."""
-    return write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=sort_keys) + "\n")
+    """Write ``data`` as indented UTF-8 JSON (non-ASCII kept; other values through `jsonable`) with a final
+    newline, atomically."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=sort_keys, default=jsonable)
+    return write_atomic(path, text + "\n")
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:

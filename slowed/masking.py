@@ -21,14 +21,15 @@ of *which* tokens are dropped from the effect of dropping ``k`` of them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
 
+from slowed.knobs import MASK_SCOPES, MASK_SELECTIONS, parse_choice, parse_entropy_mask_ratio
+
 MaskScope = Literal["sequence", "batch"]
-MASK_SCOPES: tuple[str, ...] = ("sequence", "batch")
 MaskSelection = Literal["lowest", "highest", "random"]
-MASK_SELECTIONS: tuple[str, ...] = ("lowest", "highest", "random")
 
 # floor(ratio * n) is taken in float64 with this slack so that e.g. 0.29 * 100 counts as 29, not 28.
 _FLOOR_SLACK = 1e-9
@@ -56,17 +57,15 @@ def _rank_within_rows(key: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def _check(entropy: torch.Tensor, valid: torch.Tensor, ratio: float, scope: str) -> None:
+def _check(entropy: torch.Tensor, valid: torch.Tensor, ratio: float, scope: str) -> tuple[float, str]:
+    """Shapes and dtypes of the mask inputs; returns the validated (ratio, scope)."""
     if entropy.dim() != 2 or entropy.shape != valid.shape:
         raise ValueError(
             f"entropy and valid must both be B×T; got entropy {tuple(entropy.shape)} and valid {tuple(valid.shape)}"
         )
     if valid.dtype != torch.bool:
         raise TypeError(f"valid must be a bool tensor, got {valid.dtype}")
-    if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
-        raise ValueError(f"entropy_mask_ratio must be in [0, 1); got {ratio}")
-    if scope not in MASK_SCOPES:
-        raise ValueError(f"entropy_mask_scope must be one of {MASK_SCOPES}; got {scope!r}")
+    return parse_entropy_mask_ratio(ratio), parse_choice("entropy_mask_scope", scope, MASK_SCOPES)
 
 
 def low_entropy_keep_mask(
@@ -84,7 +83,7 @@ def low_entropy_keep_mask(
     Returns:
         B×T bool keep-mask; always False where ``valid`` is False; ``n − num_masked(n)`` True per scope.
     """
-    _check(entropy, valid, ratio, scope)
+    ratio, scope = _check(entropy, valid, ratio, scope)
     if scope == "batch":
         keep = low_entropy_keep_mask(entropy.reshape(1, -1), valid.reshape(1, -1), ratio, "sequence")
         return keep.reshape(valid.shape)
@@ -102,14 +101,13 @@ def selection_scores(
     "lowest": the entropy itself (SLowED); "highest": its negation; "random": uniform [0, 1) draws from
     ``generator`` (drawn on the CPU, so a seed gives the same mask on every device), independent of entropy.
     """
+    selection = parse_choice("entropy_mask_selection", selection, MASK_SELECTIONS)
     if selection == "lowest":
         return entropy.detach()
     if selection == "highest":
         return -entropy.detach()
-    if selection == "random":
-        draws = torch.rand(entropy.shape, generator=generator, dtype=torch.float64)
-        return draws.to(entropy.device)
-    raise ValueError(f"entropy_mask_selection must be one of {MASK_SELECTIONS}; got {selection!r}")
+    draws = torch.rand(entropy.shape, generator=generator, dtype=torch.float64)  # "random"
+    return draws.to(entropy.device)
 
 
 def kept_token_count(valid: torch.Tensor, ratio: float, scope: MaskScope = "sequence") -> torch.Tensor:
@@ -118,7 +116,66 @@ def kept_token_count(valid: torch.Tensor, ratio: float, scope: MaskScope = "sequ
     The count does not depend on the entropies, so the trainer can normalise the loss of a whole
     gradient-accumulation window before any forward pass.
     """
-    if scope not in MASK_SCOPES:
-        raise ValueError(f"entropy_mask_scope must be one of {MASK_SCOPES}; got {scope!r}")
+    scope = parse_choice("entropy_mask_scope", scope, MASK_SCOPES)
+    ratio = parse_entropy_mask_ratio(ratio)
     per_scope = valid.sum(dim=-1) if scope == "sequence" else valid.sum().reshape(1)
     return (per_scope - num_masked(per_scope, ratio)).sum()
+
+
+# ------------------------------------------------------------------ sequences of padding-free batches
+
+
+def sequence_grid_index(seq_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Row and column of every position of a padding-free row in a (sequences × longest) grid.
+
+    Args:
+        seq_idx: 1-D, non-decreasing sequence index of each position.
+
+    Returns:
+        (rows, cols, num_sequences, longest), rows/cols int64 of the same length as `seq_idx`.
+    """
+    rows = seq_idx.to(torch.int64)
+    counts = torch.bincount(rows)
+    starts = counts.cumsum(0) - counts
+    cols = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+    return rows, cols, counts.numel(), int(counts.max())
+
+
+def valid_by_sequence(valid: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
+    """`valid` (B×T') as one row per sequence: unchanged, or regrouped by `seq_idx` (1×T') when padding-free."""
+    if seq_idx is None:
+        return valid
+    rows, cols, num_sequences, longest = sequence_grid_index(seq_idx.reshape(-1))
+    grid = torch.zeros(num_sequences, longest, dtype=torch.bool, device=valid.device)
+    grid[rows, cols] = valid.reshape(-1)
+    return grid
+
+
+def keep_mask_by_sequence(
+    entropy: torch.Tensor, valid: torch.Tensor, ratio: float, scope: str, seq_idx: torch.Tensor | None
+) -> torch.Tensor:
+    """`low_entropy_keep_mask` where a "sequence" is a packed segment when `seq_idx` (1×T') is given.
+
+    Args:
+        entropy: B×T' detached per-target-token entropy (nats).
+        valid: B×T' bool, eligible target tokens.
+        ratio, scope: as in `low_entropy_keep_mask`.
+        seq_idx: None, or the 1×T' sequence index of each target position of a padding-free batch.
+
+    Returns:
+        B×T' bool keep-mask.
+    """
+    if seq_idx is None or scope == "batch":
+        return low_entropy_keep_mask(entropy, valid, ratio, scope)
+    rows, cols, num_sequences, longest = sequence_grid_index(seq_idx.reshape(-1))
+    grid_entropy = entropy.new_zeros(num_sequences, longest)
+    grid_entropy[rows, cols] = entropy.reshape(-1)
+    keep = low_entropy_keep_mask(grid_entropy, valid_by_sequence(valid, seq_idx), ratio, "sequence")
+    return keep[rows, cols].reshape(valid.shape)
+
+
+def target_valid_and_segments(batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """B×(T−1) eligible-target mask (``labels[:, 1:] != -100``) and the shifted ``seq_idx`` (or None)."""
+    valid = batch["labels"][..., 1:] != -100
+    seq_idx = batch.get("seq_idx")
+    return valid, (None if seq_idx is None else seq_idx[..., 1:])

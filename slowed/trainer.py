@@ -46,6 +46,7 @@ import dataclasses
 import json
 import logging
 import re
+import textwrap
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,14 +59,29 @@ from peft import LoraConfig, PeftConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import TrainingArguments
 from trl import SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from trl.trainer.utils import get_config_model_id
 
 import slowed
-from slowed.jsonio import write_atomic
 from slowed.collator import KEEP_COLUMN, NUM_MASKED_KEY, MaskingCollator
 from slowed.config import SLowEDConfig
-from slowed.masking import kept_token_count, low_entropy_keep_mask, selection_scores
-from slowed.slow_tuning import SlowTuningCallback, is_zero_delta_init, unconstrained_parameters
+from slowed.jsonio import write_atomic
+from slowed.masking import (
+    keep_mask_by_sequence,
+    kept_token_count,
+    low_entropy_keep_mask,
+    selection_scores,
+    target_valid_and_segments,
+    valid_by_sequence,
+)
+from slowed.models import resolve_model_path
+from slowed.slow_tuning import (
+    SlowTuningCallback,
+    check_lora_projectable,
+    global_norm,
+    is_zero_delta_init,
+    lora_delta_norms,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,65 +92,6 @@ _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
 class NonFiniteLossError(RuntimeError):
     """A training loss was NaN or infinite; raised on every process so none is left waiting in a collective."""
-
-
-# ------------------------------------------------------------------------------------------ sequence rows
-
-
-def _sequence_grid_index(seq_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """Row and column of every position of a padding-free row in a (sequences × longest) grid.
-
-    Args:
-        seq_idx: 1-D, non-decreasing sequence index of each position.
-
-    Returns:
-        (rows, cols, num_sequences, longest), rows/cols int64 of the same length as `seq_idx`.
-    """
-    rows = seq_idx.to(torch.int64)
-    counts = torch.bincount(rows)
-    starts = counts.cumsum(0) - counts
-    cols = torch.arange(rows.numel(), device=rows.device) - starts[rows]
-    return rows, cols, counts.numel(), int(counts.max())
-
-
-def _valid_by_sequence(valid: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
-    """`valid` (B×T') as one row per sequence: unchanged, or regrouped by `seq_idx` (1×T') when padding-free."""
-    if seq_idx is None:
-        return valid
-    rows, cols, num_sequences, longest = _sequence_grid_index(seq_idx.reshape(-1))
-    grid = torch.zeros(num_sequences, longest, dtype=torch.bool, device=valid.device)
-    grid[rows, cols] = valid.reshape(-1)
-    return grid
-
-
-def keep_mask_by_sequence(
-    entropy: torch.Tensor, valid: torch.Tensor, ratio: float, scope: str, seq_idx: torch.Tensor | None
-) -> torch.Tensor:
-    """`low_entropy_keep_mask` where a "sequence" is a packed segment when `seq_idx` (1×T') is given.
-
-    Args:
-        entropy: B×T' detached per-target-token entropy (nats).
-        valid: B×T' bool, eligible target tokens.
-        ratio, scope: as in `low_entropy_keep_mask`.
-        seq_idx: None, or the 1×T' sequence index of each target position of a padding-free batch.
-
-    Returns:
-        B×T' bool keep-mask.
-    """
-    if seq_idx is None or scope == "batch":
-        return low_entropy_keep_mask(entropy, valid, ratio, scope)
-    rows, cols, num_sequences, longest = _sequence_grid_index(seq_idx.reshape(-1))
-    grid_entropy = entropy.new_zeros(num_sequences, longest)
-    grid_entropy[rows, cols] = entropy.reshape(-1)
-    keep = low_entropy_keep_mask(grid_entropy, _valid_by_sequence(valid, seq_idx), ratio, "sequence")
-    return keep[rows, cols].reshape(valid.shape)
-
-
-def _target_valid_and_segments(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """B×(T−1) eligible-target mask (``labels[:, 1:] != -100``) and the shifted ``seq_idx`` (or None)."""
-    valid = batch["labels"][..., 1:] != -100
-    seq_idx = batch.get("seq_idx")
-    return valid, (None if seq_idx is None else seq_idx[..., 1:])
 
 
 class _LowEntropyMaskedForward:
@@ -258,7 +215,7 @@ class SLowEDTrainer(SFTTrainer):
 
     Takes the same arguments as `SFTTrainer`; `args` may be a `SLowEDConfig` (other configs are converted,
     with the SLowED knobs off). On construction it refuses model/adapter combinations that cannot work
-    (see `check_peft_config`, and `slowed.slow_tuning.unconstrained_parameters` on the wrapped model), adds a
+    (see `check_peft_config`, and `slowed.slow_tuning.check_lora_projectable` on the wrapped model), adds a
     `SlowTuningCallback` when ``slow_tuning_tau`` is set, and for ``entropy_source="initial"`` scores the
     training set with the initial student and wraps the collator in a `MaskingCollator`.
 
@@ -268,6 +225,19 @@ class SLowEDTrainer(SFTTrainer):
     """
 
     _tag_names: ClassVar[list[str]] = [*SFTTrainer._tag_names, "slowed"]
+    _name = "SLowED"
+    _paper: ClassVar[dict[str, str]] = {
+        "title": "Slow Tuning and Low-Entropy Masking for Safe Chain-of-Thought Distillation",
+        "id": "2508.09666",
+        "citation": textwrap.dedent("""\
+            @misc{slowed2025,
+                title         = {{Slow Tuning and Low-Entropy Masking for Safe Chain-of-Thought Distillation}},
+                year          = 2025,
+                eprint        = {2508.09666},
+                archivePrefix = {arXiv},
+                url           = {https://arxiv.org/abs/2508.09666},
+            }"""),
+    }
 
     def __init__(
         self,
@@ -287,6 +257,8 @@ class SLowEDTrainer(SFTTrainer):
         peft_config: PeftConfig | None = None,
         formatting_func: Any = None,
     ) -> None:
+        if isinstance(model, str):
+            model = resolve_model_path(model)
         args = _as_slowed_config(args, model)
         check_peft_config(peft_config, args)
         if compute_loss_func is not None and args.uses_online_lem:
@@ -369,17 +341,9 @@ class SLowEDTrainer(SFTTrainer):
         )
 
     def _check_slow_tuning_model(self) -> None:
-        """With τ set: a peft model must be plain LoRA with nothing else trainable (no DoRA, no lm_head)."""
-        if not any(isinstance(module, BaseTunerLayer) for module in self.model.modules()):
-            return  # full fine-tuning: W0 is snapshotted by the callback
-        unconstrained = unconstrained_parameters(self.model)
-        if unconstrained:
-            raise ValueError(
-                f"Slow Tuning (slow_tuning_tau={self.args.slow_tuning_tau}) constrains only the LoRA factors, but "
-                f"{len(unconstrained)} other parameters are trainable (e.g. {unconstrained[:3]}, from "
-                "modules_to_save or bias training) and would move without bound. Freeze them or set "
-                "slow_tuning_tau=None."
-            )
+        """With τ set and a peft model: `check_lora_projectable`, the verdict the callback gives too."""
+        if any(isinstance(module, BaseTunerLayer) for module in self.model.modules()):
+            check_lora_projectable(self.model)  # full fine-tuning: W0 is snapshotted by the callback
 
     # ------------------------------------------------------------------------------- initial entropy source
 
@@ -387,14 +351,14 @@ class SLowEDTrainer(SFTTrainer):
     def _initial_keep_flags(self, input_ids: list[list[int]], labels: list[list[int]]) -> list[list[int]]:
         """Per-token keep flags (1 keep, 0 mask; position 0 always 1) from the frozen initial student.
 
-        Sequences are scored in length-sorted batches of ``per_device_eval_batch_size`` through the fused LM
-        head (per-token entropy without the B×T×V logits); the mask is per sequence, so padding and batching
-        do not change it. The ``"random"`` control draws each example's scores from a generator seeded by
+        Sequences are scored in length-sorted batches of ``per_device_eval_batch_size``, padded by TRL's collator
+        (right padding, -100 labels), through the fused LM head (per-token entropy without the B×T×V logits); the
+        mask is per sequence, so padding and batching do not change it. The ``"random"`` control draws each example's scores from a generator seeded by
         (``seed``, the example's position in the prepared training set), so it does not depend on batching either.
         """
         model = self.model
         device = next(model.parameters()).device
-        pad_id = self._tokenizer.pad_token_id
+        collate = DataCollatorForLanguageModeling(pad_token_id=self._tokenizer.pad_token_id)  # right padding
         order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
         flags: list[list[int]] = [[] for _ in input_ids]
         was_training = model.training
@@ -404,20 +368,9 @@ class SLowEDTrainer(SFTTrainer):
             with adapters_off:
                 for start in range(0, len(order), self.args.per_device_eval_batch_size):
                     rows = order[start : start + self.args.per_device_eval_batch_size]
-                    longest = max(len(input_ids[i]) for i in rows)
-                    batch_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-                    batch_labels = torch.full((len(rows), longest), -100, dtype=torch.long)
-                    attention = torch.zeros((len(rows), longest), dtype=torch.long)
-                    for j, i in enumerate(rows):
-                        n = len(input_ids[i])
-                        batch_ids[j, :n] = torch.tensor(input_ids[i])
-                        batch_labels[j, :n] = torch.tensor(labels[i])
-                        attention[j, :n] = 1
+                    batch = collate([{"input_ids": input_ids[i], "labels": labels[i]} for i in rows])
                     outputs = model(
-                        input_ids=batch_ids.to(device),
-                        attention_mask=attention.to(device),
-                        labels=batch_labels.to(device),
-                        fused_lm_head=True,
+                        **{key: value.to(device) for key, value in batch.items()}, fused_lm_head=True
                     )
                     valid = outputs.label_mask.bool()
                     scores = self._initial_scores(
@@ -486,9 +439,9 @@ class SLowEDTrainer(SFTTrainer):
             return super()._get_num_items_in_batch(batch_samples, device)
         kept_counts = []
         for batch in batch_samples:
-            valid, seq_idx = _target_valid_and_segments(batch)
+            valid, seq_idx = target_valid_and_segments(batch)
             scope = self.args.entropy_mask_scope
-            valid_rows = valid if scope == "batch" else _valid_by_sequence(valid, seq_idx)
+            valid_rows = valid if scope == "batch" else valid_by_sequence(valid, seq_idx)
             kept = int(kept_token_count(valid_rows, self.args.entropy_mask_ratio, scope))
             kept_counts.append(
                 {"labels": batch["labels"], "shift_labels": torch.zeros(kept, dtype=torch.long)}
@@ -509,7 +462,7 @@ class SLowEDTrainer(SFTTrainer):
                 "Online Low-Entropy Masking needs `num_items_in_batch` (the kept-token count) from the Trainer, "
                 "but got None: the model's forward does not accept loss kwargs."
             )
-        _, seq_idx = _target_valid_and_segments(inputs)
+        _, seq_idx = target_valid_and_segments(inputs)
         masked_forward = _LowEntropyMaskedForward(
             model,
             self.args.entropy_mask_ratio,
@@ -625,3 +578,56 @@ class SLowEDTrainer(SFTTrainer):
         if self.args.should_save:
             record = json.dumps(self.slowed_record(), indent=2, sort_keys=True) + "\n"
             write_atomic(Path(output_dir or self.args.output_dir) / SLOWED_CONFIG_NAME, record)
+
+    def final_masked_fraction(self) -> tuple[float | None, str]:
+        """The last logged ``slowed/masked_fraction``, else the initial-source count, else 0 when LEM is off;
+        with where it came from."""
+        logged = next(
+            (
+                entry[MASKED_FRACTION_KEY]
+                for entry in reversed(self.state.log_history)
+                if MASKED_FRACTION_KEY in entry
+            ),
+            None,
+        )
+        if logged is not None:
+            return float(logged), MASKED_FRACTION_KEY
+        masked, eligible = self._initial_masked_total
+        if self.args.uses_initial_lem and eligible:
+            return masked / eligible, "initial-student masks over the training set"
+        if self.args.entropy_mask_ratio == 0:
+            return 0.0, "Low-Entropy Masking off"
+        return None, "not logged"
+
+    def final_delta_norm(self) -> tuple[float | None, str]:
+        """The final ‖ΔW‖_F and where it came from: the last Slow Tuning check, else measured on the LoRA weights.
+
+        The callback's own history is read rather than the log history: a check at the end of the last epoch
+        can come after the last training log.
+        """
+        if self.slow_tuning is not None and self.slow_tuning.history:
+            step, result = self.slow_tuning.history[-1]
+            return (
+                result.norm_after,
+                f"Slow Tuning check at step {step}; before projection {result.norm_before:.4f}",
+            )
+        try:
+            return float(global_norm(lora_delta_norms(self.accelerator.unwrap_model(self.model)))), (
+                "measured on the final LoRA weights"
+            )
+        except (
+            ValueError
+        ) as error:  # full fine-tuning without Slow Tuning, or a LoRA variant it cannot measure
+            return None, f"not available: {error}"
+
+    def final_facts(self) -> dict[str, Any]:
+        """The run's final SLowED facts: masked fraction, ΔW norm (each with its source) and the optimizer step."""
+        masked_fraction, masked_source = self.final_masked_fraction()
+        delta_norm, delta_source = self.final_delta_norm()
+        return {
+            "masked_fraction": masked_fraction,
+            "masked_fraction_source": masked_source,
+            "delta_norm": delta_norm,
+            "delta_norm_source": delta_source,
+            "global_step": self.state.global_step,
+        }

@@ -8,7 +8,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from slowed.masking import kept_token_count, low_entropy_keep_mask, selection_scores
+from slowed.masking import keep_mask_by_sequence, kept_token_count, low_entropy_keep_mask, selection_scores
 
 
 def naive_keep(
@@ -113,10 +113,10 @@ def test_mask_carries_no_gradient_and_keeps_device_shape():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"ratio": 1.0}, "entropy_mask_ratio must be in [0, 1); got 1.0"),
-        ({"ratio": -0.1}, "entropy_mask_ratio must be in [0, 1); got -0.1"),
-        ({"ratio": float("nan")}, "entropy_mask_ratio must be in [0, 1); got nan"),
-        ({"scope": "token"}, "entropy_mask_scope must be one of ('sequence', 'batch'); got 'token'"),
+        ({"ratio": 1.0}, "`entropy_mask_ratio` must be a number in [0, 1)"),
+        ({"ratio": -0.1}, "`entropy_mask_ratio` must be a number in [0, 1)"),
+        ({"ratio": float("nan")}, "`entropy_mask_ratio` must be a number in [0, 1)"),
+        ({"scope": "token"}, "`entropy_mask_scope` must be one of ('sequence', 'batch'); got 'token'"),
     ],
 )
 def test_invalid_arguments_are_named(kwargs, message):
@@ -154,5 +154,23 @@ def test_random_selection_drops_the_same_count_reproducibly_per_seed():
         assert not (keep & ~valid).any()
     assert torch.equal(masks[0], masks[1]) and not torch.equal(masks[0], masks[2])
     assert not torch.equal(masks[0], lowest)
-    with pytest.raises(ValueError, match="entropy_mask_selection must be one of"):
+    with pytest.raises(ValueError, match="`entropy_mask_selection` must be one of"):
         selection_scores(entropy, "median")
+
+
+def test_keep_mask_by_packed_sequence_equals_per_row_mask():
+    """Padding-free rows regrouped by seq_idx mask exactly like the same sequences as separate rows."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = [5, 9, 1, 7]
+    rows_entropy = [torch.rand(n, generator=generator, dtype=torch.float64) for n in lengths]
+    rows_valid = [torch.rand(n, generator=generator) > 0.2 for n in lengths]
+    longest = max(lengths)
+    padded_entropy = torch.stack([torch.nn.functional.pad(e, (0, longest - len(e))) for e in rows_entropy])
+    padded_valid = torch.stack([torch.nn.functional.pad(v, (0, longest - len(v))) for v in rows_valid])
+    expected = low_entropy_keep_mask(padded_entropy, padded_valid, 0.4, "sequence")
+
+    seq_idx = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
+    keep = keep_mask_by_sequence(
+        torch.cat(rows_entropy)[None], torch.cat(rows_valid)[None], 0.4, "sequence", seq_idx
+    )
+    assert keep[0].tolist() == torch.cat([expected[i, :n] for i, n in enumerate(lengths)]).tolist()

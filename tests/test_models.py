@@ -281,5 +281,93 @@ def test_recipe_trains_the_alias_from_the_cache(materialised, cache_root, tmp_pa
     adapter_config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(materialised)
     # a pretrained instruct model on short, regular rationales: far below the uniform ln(49152) ≈ 10.8 nats
-    first_loss = next(entry["loss"] for entry in record["log_history"] if "loss" in entry)
+    log_history = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    first_loss = next(entry["loss"] for entry in log_history if "loss" in entry)
     assert 0 < first_loss < 4
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_installed_wheel_trains_with_slowed_sft_outside_the_repository(materialised, cache_root, tmp_path):
+    """`pip install slowed-*.whl` (not editable) in a fresh virtual environment, then `slowed-sft --config` from a
+    folder outside the checkout: the packaged script trains and saves. The dependencies come from this
+    environment's site-packages through a .pth line, so nothing is downloaded."""
+    import os
+    import site
+    import subprocess
+    import sys
+    import sysconfig
+
+    wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "work"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("slowed-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True
+    )
+    venv_site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
+    dependencies = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    (venv_site / "zz_dependencies.pth").write_text("\n".join(dict.fromkeys(dependencies)) + "\n")
+    work.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env |= {
+        "PATH": f"{venv / 'bin'}{os.pathsep}{env['PATH']}",
+        "SLOWED_CACHE": str(cache_root),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+    where = subprocess.run(
+        [str(python), "-c", "import slowed.scripts.sft as s; print(s.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+    ).stdout.strip()
+    assert Path(where).is_relative_to(venv_site), where  # the installed wheel, not the checkout
+    output_dir = work / "run"
+    recipe = REPO / "recipes" / "smollm2-135m" / "slowed.yaml"
+    command = ["slowed-sft", "--config", str(recipe), "--max_steps", "2", "--output_dir", str(output_dir)]
+    subprocess.run(command, check=True, cwd=work, env=env, timeout=1800)
+
+    record = json.loads((output_dir / "slowed_run.json").read_text())
+    assert record["model"]["path"] == str(materialised) and record["final"]["global_step"] == 2
+    assert 0 < record["final"]["masked_fraction"] <= 0.2
+    assert (output_dir / "adapter_model.safetensors").is_file()
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_lm_eval_model_args_resolve_the_alias_and_keep_the_rest(materialised, cache_root, monkeypatch):
+    """The one resolution `slowed-eval` and `slowed.evaluation.evaluate` apply to ``--model_args``."""
+    monkeypatch.setenv("SLOWED_CACHE", str(cache_root))
+    given = {"pretrained": EMBEDDED_STUDENT, "peft": "runs/x", "dtype": "float32"}
+    assert models.resolve_model_args(given) == {**given, "pretrained": str(materialised)}
+    assert given["pretrained"] == EMBEDDED_STUDENT  # a copy
+    assert models.resolve_model_args({"pretrained": "org/model"}) == {"pretrained": "org/model"}
+    with pytest.raises(ValueError, match="Unknown embedded model"):
+        models.resolve_model_args({"pretrained": "embedded:nothing"})

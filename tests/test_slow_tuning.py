@@ -29,6 +29,7 @@ from slowed.slow_tuning import (
     project_full_,
     project_lora_,
     snapshot_weights,
+    unconstrained_parameters,
 )
 
 
@@ -251,22 +252,32 @@ def test_missing_lora_layers_or_adapter_are_refused(tokenizer):
         lora_delta_norms(lora_model(tokenizer, ["q_proj"]), adapter_name="other")
 
 
-def test_trainable_parameters_outside_lora_are_reported(tokenizer, caplog):
+def test_trainable_parameters_outside_lora_are_refused_by_the_callback_as_by_the_trainer(tokenizer, tmp_path):
+    """One verdict: what Slow Tuning cannot constrain is an error for the callback on a plain Trainer too."""
     config = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["embed_tokens"])
     model = get_peft_model(make_tiny_model(tokenizer), config)
-    with caplog.at_level(logging.WARNING, logger="slowed.slow_tuning"):
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad and "lora_" not in name]
+    assert trainable and all("embed_tokens" in name for name in trainable)
+    assert unconstrained_parameters(model) == trainable
+    with pytest.raises(
+        ValueError, match=r"constrains only the LoRA factors, but 1 other parameters.*embed_tokens"
+    ):
         check_lora_projectable(model)
-    assert "embed_tokens" in caplog.text and "not kept near W0" in caplog.text
+    callback = SlowTuningCallback(1.0)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    with pytest.raises(ValueError, match="embed_tokens"):
+        callback.on_train_begin(args, TrainerState(), TrainerControl(), model=model)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"tau": 0.0}, "tau .* got 0.0"),
-        ({"tau": float("nan")}, "tau .* got nan"),
-        ({"tau": 1.0, "scope": "layer"}, "scope .* got 'layer'"),
-        ({"tau": 1.0, "interval": 0}, "interval .* got 0"),
-        ({"tau": 1.0, "interval": "steps"}, "interval .* got 'steps'"),
+        ({"tau": 0.0}, "`slow_tuning_tau` must be .* got 0.0"),
+        ({"tau": float("nan")}, "`slow_tuning_tau` must be .* got nan"),
+        ({"tau": None}, "`slow_tuning_tau` must be a finite number > 0 .* got None"),
+        ({"tau": 1.0, "scope": "layer"}, "`slow_tuning_scope` must be .* got 'layer'"),
+        ({"tau": 1.0, "interval": 0}, "`slow_tuning_interval` must be .* got 0"),
+        ({"tau": 1.0, "interval": "steps"}, "`slow_tuning_interval` must be .* got 'steps'"),
     ],
 )
 def test_callback_options_are_validated(kwargs, message):

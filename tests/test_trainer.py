@@ -18,8 +18,7 @@ from trl import SFTConfig, SFTTrainer
 
 from slowed.collator import KEEP_COLUMN
 from slowed.config import SLowEDConfig
-from slowed.masking import low_entropy_keep_mask
-from slowed.trainer import SLOWED_CONFIG_NAME, NonFiniteLossError, SLowEDTrainer, keep_mask_by_sequence
+from slowed.trainer import SLOWED_CONFIG_NAME, NonFiniteLossError, SLowEDTrainer
 
 # An exactly representable ratio: floor(0.25·n) has no rounding ambiguity in the naive reference.
 RATIO = 0.25
@@ -249,24 +248,6 @@ def test_padding_free_batch_masks_per_sequence_like_padded_batch(tokenizer, data
     # One packed row treated as a single sequence would drop floor(0.25 · all) tokens instead.
     assert padded_counts[0] != math.floor(RATIO * padded_counts[1])
     assert free_loss == pytest.approx(padded_loss, rel=1e-6)
-
-
-def test_keep_mask_by_packed_sequence_equals_per_row_mask():
-    """Padding-free rows regrouped by seq_idx mask exactly like the same sequences as separate rows."""
-    generator = torch.Generator().manual_seed(0)
-    lengths = [5, 9, 1, 7]
-    rows_entropy = [torch.rand(n, generator=generator, dtype=torch.float64) for n in lengths]
-    rows_valid = [torch.rand(n, generator=generator) > 0.2 for n in lengths]
-    longest = max(lengths)
-    padded_entropy = torch.stack([torch.nn.functional.pad(e, (0, longest - len(e))) for e in rows_entropy])
-    padded_valid = torch.stack([torch.nn.functional.pad(v, (0, longest - len(v))) for v in rows_valid])
-    expected = low_entropy_keep_mask(padded_entropy, padded_valid, 0.4, "sequence")
-
-    seq_idx = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]
-    keep = keep_mask_by_sequence(
-        torch.cat(rows_entropy)[None], torch.cat(rows_valid)[None], 0.4, "sequence", seq_idx
-    )
-    assert keep[0].tolist() == torch.cat([expected[i, :n] for i, n in enumerate(lengths)]).tolist()
 
 
 # ------------------------------------------------------------------------------------- exactly stock TRL
@@ -696,3 +677,18 @@ def test_initial_random_masks_do_not_depend_on_the_scoring_batch_size(tokenizer,
         eligible = [label != -100 for label in row_labels[1:]]
         dropped = sum(e and not k for e, k in zip(eligible, keep[1:], strict=True))
         assert dropped == math.floor(RATIO * sum(eligible))
+
+
+def test_model_card_names_slowed_and_cites_the_paper(tokenizer, dataset, tmp_path):
+    trainer = SLowEDTrainer(
+        sharp_model(tokenizer),
+        args=make_args(SLowEDConfig, tmp_path, entropy_mask_ratio=0.2),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+    )
+    trainer.create_model_card(model_name="unit-slowed")
+    card = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "This model was trained with SLowED" in card
+    assert "2508.09666" in card and "Slow Tuning and Low-Entropy Masking" in card
+    assert "slowed" in card  # the tag
