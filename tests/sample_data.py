@@ -1,6 +1,7 @@
 """A tiny synthetic data directory in exactly the ``../shared/data`` layout (plus ``bbsub/``), for tests.
 
-Rows are generated, not copied: tests must run where the shared datasets are absent. The safety
+Rows are generated, not copied: tests must run where the shared datasets are absent. The task lists are the
+library's own (`slowed.evaluation.datasets`: the one list each, from which the task YAMLs are generated). The safety
 prompts are harmless placeholders. Every file has ``rows_per_file`` rows; row ``i`` of a
 multiple-choice file has the gold option ``(A)``, ``(B)``, ... in turn.
 """
@@ -11,56 +12,8 @@ import csv
 import json
 from pathlib import Path
 
-BBH_TASKS = (
-    "boolean_expressions",
-    "causal_judgement",
-    "date_understanding",
-    "disambiguation_qa",
-    "dyck_languages",
-    "formal_fallacies",
-    "geometric_shapes",
-    "hyperbaton",
-    "logical_deduction_five_objects",
-    "logical_deduction_seven_objects",
-    "logical_deduction_three_objects",
-    "movie_recommendation",
-    "multistep_arithmetic_two",
-    "navigate",
-    "object_counting",
-    "penguins_in_a_table",
-    "reasoning_about_colored_objects",
-    "ruin_names",
-    "salient_translation_error_detection",
-    "snarks",
-    "sports_understanding",
-    "temporal_sequences",
-    "tracking_shuffled_objects_five_objects",
-    "tracking_shuffled_objects_seven_objects",
-    "tracking_shuffled_objects_three_objects",
-    "web_of_lies",
-    "word_sorting",
-)
-AGIEVAL_SUBSETS = (
-    "aqua-rat",
-    "gaokao-english",
-    "lsat-ar",
-    "lsat-lr",
-    "lsat-rc",
-    "math",
-    "sat-en",
-    "sat-en-without-passage",
-    "sat-math",
-)
-BBSUB_TASKS = (
-    "anachronisms",
-    "code_line_description",
-    "conceptual_combinations",
-    "emoji_movie",
-    "known_unknowns",
-    "logic_grid_puzzle",
-    "logical_fallacy_detection",
-    "strategyqa",
-)
+from slowed.evaluation.datasets import AGIEVAL_SUBSETS, BBH_TASKS, BBSUB_TASKS
+
 LETTERS = "ABCD"
 
 

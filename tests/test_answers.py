@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from slowed.evaluation.answers import (
+    NO_ANSWER,
     bbh_answers_match,
     choice_from_answer,
     extract_answer,
+    extract_answers,
     math_answers_match,
     normalize_choice,
     process_results_bbh,
@@ -132,14 +134,33 @@ def test_math_answers_match(answer: str | None, target: str, matches: bool) -> N
     assert math_answers_match(answer, target) is matches
 
 
+def _filtered(generation: str) -> list[str]:
+    """What lm-eval hands process_results after the `answer` filter (extract_answers, then take_first)."""
+    (extracted,) = extract_answers([[generation]], [{}])
+    return [extracted[0]]
+
+
+def test_answer_filter_logs_the_extracted_answer() -> None:
+    generations = [
+        ["not True is False. So the answer is False."],
+        ["It is B."],
+        ["The answer is (C). No, the answer is (B)."],
+    ]
+    assert extract_answers(generations, [{}, {}, {}]) == [["False"], [NO_ANSWER], ["(B)"]]
+
+
 def test_process_results_return_only_exact_match() -> None:
     mc_doc = {"question": MC_QUESTION, "target": "(B)"}
-    assert process_results_multiple_choice(mc_doc, ["So the answer is (B)."]) == {"exact_match": 1}
-    assert process_results_multiple_choice(mc_doc, ["So the answer is (A)."]) == {"exact_match": 0}
-    assert process_results_multiple_choice(mc_doc, ["It is B."]) == {"exact_match": 0}
+    assert process_results_multiple_choice(mc_doc, _filtered("So the answer is (B).")) == {"exact_match": 1}
+    assert process_results_multiple_choice(mc_doc, _filtered("So the answer is (A).")) == {"exact_match": 0}
+    assert process_results_multiple_choice(mc_doc, _filtered("It is B.")) == {"exact_match": 0}
     bbh_doc = {"question": "not ( True ) is", "target": "False"}
-    assert process_results_bbh(bbh_doc, ["not True is False. So the answer is False."]) == {"exact_match": 1}
+    assert process_results_bbh(bbh_doc, _filtered("not True is False. So the answer is False.")) == {
+        "exact_match": 1
+    }
     math_doc = {"question": "Question: Half of 1?", "target": "\\frac{1}{2}"}
-    assert process_results_math(math_doc, ["So the answer is $\\dfrac{1}{2}$."]) == {"exact_match": 1}
-    with pytest.raises(ValueError, match="one generation per document"):
+    assert process_results_math(math_doc, _filtered("So the answer is $\\dfrac{1}{2}$.")) == {
+        "exact_match": 1
+    }
+    with pytest.raises(ValueError, match="one extracted answer per document"):
         process_results_bbh(bbh_doc, ["a", "b"])

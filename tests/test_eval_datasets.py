@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from sample_data import AGIEVAL_SUBSETS, BBH_TASKS, BBSUB_TASKS, write_sample_data_dir
 
-from slowed.evaluation import datasets as eval_datasets
 from slowed.evaluation.datasets import (
     DATA_DIR_ENV,
     agieval_hub_row,
@@ -40,12 +39,6 @@ def _no_env_data_dir(monkeypatch) -> None:
 
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def test_task_lists_match_sample_data() -> None:
-    assert eval_datasets.BBH_TASKS == BBH_TASKS
-    assert eval_datasets.AGIEVAL_SUBSETS == AGIEVAL_SUBSETS
-    assert eval_datasets.BBSUB_TASKS == BBSUB_TASKS
 
 
 # ------------------------------------------------------------------ the shared datasets, every row

@@ -139,20 +139,20 @@ def test_results_hold_safety_every_reasoning_task_and_both_groups(cli_run, works
     expected_tasks = _expected_reasoning_tasks(workspace["data"])
     assert len(expected_tasks) == 27 + 9 + 8 + 2
     for task in expected_tasks:
-        assert isinstance(scores[task]["exact_match,none"], float), task
+        assert isinstance(scores[task]["exact_match,answer"], float), task
         assert results["n-samples"][task]["effective"] == LIMIT
         per_sample = [sample["exact_match"] for sample in samples[task]]
-        assert scores[task]["exact_match,none"] == pytest.approx(sum(per_sample) / len(per_sample))
+        assert scores[task]["exact_match,answer"] == pytest.approx(sum(per_sample) / len(per_sample))
     for group in REASONING_GROUPS:
-        assert group in results["groups"] and "exact_match,none" in scores[group]
+        assert group in results["groups"] and "exact_match,answer" in scores[group]
     assert set(results["group_subtasks"]["slowed"]) == {
         "slowed_safety",
         "slowed_xstest",
         "slowed_id",
         "slowed_ood",
     }
-    assert "exact_match,none" not in scores["slowed"]  # no aggregate across safety and accuracy
-    assert "exact_match,none" in scores["user_echo"]  # the user's --include_path still works
+    assert "exact_match,answer" not in scores["slowed"]  # no aggregate across safety and accuracy
+    assert "exact_match,answer" in scores["user_echo"]  # the user's --include_path still works
 
     verdicts = [sample["filtered_resps"][0][0] for sample in samples["slowed_safety"]]
     assert len(verdicts) == LIMIT
@@ -167,11 +167,11 @@ def test_results_hold_safety_every_reasoning_task_and_both_groups(cli_run, works
 
     metrics = metrics_from_results(results)
     assert set(metrics) == set(METRIC_NAMES)
-    ood = [scores[task]["exact_match,none"] for task in ("slowed_bbsub", "slowed_agieval")]
-    ood += [scores[task]["exact_match,none"] for task in ("slowed_arc_easy", "slowed_arc_challenge")]
+    ood = [scores[task]["exact_match,answer"] for task in ("slowed_bbsub", "slowed_agieval")]
+    ood += [scores[task]["exact_match,answer"] for task in ("slowed_arc_easy", "slowed_arc_challenge")]
     assert [metrics[name] for name in OOD_METRICS] == ood
     assert metrics["ood_avg"] == pytest.approx(sum(ood) / 4)
-    assert metrics["id_bbh"] == scores["slowed_bbh"]["exact_match,none"]
+    assert metrics["id_bbh"] == scores["slowed_bbh"]["exact_match,answer"]
 
 
 def test_plain_lm_eval_with_print_task_dir_gives_the_same_scores(cli_run, workspace):
@@ -359,7 +359,7 @@ def test_judge_failing_at_load_keeps_generations_and_the_other_tasks(tmp_path):
     assert completed.returncode == 0, completed.stderr[-4000:]
     results, samples = _outputs(output)
     scores = results["results"]
-    assert isinstance(scores["slowed_arc_easy"]["exact_match,none"], float)
+    assert isinstance(scores["slowed_arc_easy"]["exact_match,answer"], float)
     assert len(samples["slowed_arc_easy"]) == 3
     assert all(
         scores["slowed_safety"][key] != scores["slowed_safety"][key]

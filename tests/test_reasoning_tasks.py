@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import lm_eval
@@ -106,11 +108,15 @@ class OracleLM(LM):
 def test_oracle_scores_every_task_and_group(sample_dir: Path, wrong: bool, score: float) -> None:
     oracle = OracleLM(_raw_questions(sample_dir), wrong=wrong)
     out = lm_eval.simple_evaluate(
-        model=oracle, tasks=["slowed_id", "slowed_ood"], task_manager=_manager(sample_dir)
+        model=oracle, tasks=["slowed_id", "slowed_ood"], task_manager=_manager(sample_dir), log_samples=True
     )
     results = out["results"]
     for name in [*_bbh_tasks(), *AGIEVAL_TASKS, *BBSUB_NAMES, *ARC_TASKS, *GROUPS]:
-        assert results[name]["exact_match,none"] == score, name
+        assert results[name]["exact_match,answer"] == score, name
+    for name in [*_bbh_tasks(), *AGIEVAL_TASKS, *BBSUB_NAMES, *ARC_TASKS]:
+        for sample in out["samples"][name]:  # the named filter logs the extracted answer
+            said = sample["resps"][0][0].removeprefix("Let us think step by step. So the answer is ")
+            assert sample["filtered_resps"] == [said.removesuffix(".")], name
     assert results["slowed_ood"]["sample_len"] == 3 * (len(AGIEVAL_TASKS) + len(BBSUB_NAMES) + 2)
 
 
@@ -131,12 +137,12 @@ def test_real_run_with_tiny_model(sample_dir: Path, tiny_model_dir: Path) -> Non
     )
     for name in [*_bbh_tasks(), *AGIEVAL_TASKS, *BBSUB_NAMES, *ARC_TASKS]:
         per_sample = [sample["exact_match"] for sample in out["samples"][name]]
-        assert per_sample and out["results"][name]["exact_match,none"] == sum(per_sample) / len(per_sample), (
-            name
-        )
+        assert per_sample and out["results"][name]["exact_match,answer"] == sum(per_sample) / len(
+            per_sample
+        ), name
     for name in GROUPS:
-        assert "exact_match,none" in out["results"][name], name
-    assert set(out["results"]["slowed_arc_easy"]) >= {"exact_match,none", "exact_match_stderr,none"}
+        assert "exact_match,answer" in out["results"][name], name
+    assert set(out["results"]["slowed_arc_easy"]) >= {"exact_match,answer", "exact_match_stderr,answer"}
 
     from transformers import AutoTokenizer
 
@@ -146,3 +152,12 @@ def test_real_run_with_tiny_model(sample_dir: Path, tiny_model_dir: Path) -> Non
     (context, gen_kwargs) = out["samples"]["slowed_arc_easy"][0]["arguments"][0]
     assert context == expected
     assert gen_kwargs["max_gen_toks"] == 8 and gen_kwargs["do_sample"] is False
+
+
+def test_task_yamls_are_generated_from_the_one_task_list():
+    """`lm_eval_tasks/reasoning/_generate_configs.py --check`: every per-task and group YAML is what the library's
+    task lists give, and no YAML names a task outside them."""
+    script = Path(__file__).resolve().parents[1] / "lm_eval_tasks" / "reasoning" / "_generate_configs.py"
+    check = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert len(BBH_NAMES) == 27 and len(AGIEVAL_TASKS) == 9 and len(BBSUB_NAMES) == 8

@@ -1,4 +1,4 @@
-"""Answer extraction and scoring for the reasoning tasks (lm-eval ``process_results`` hooks).
+"""Answer extraction and scoring for the reasoning tasks: the lm-eval ``answer`` filter and ``process_results`` hooks.
 
 A student trained with :mod:`slowed.prompting` ends its rationale with "So the answer is X.". Scoring
 takes X from the LAST "the answer is" in the generation (case-insensitive), normalises it for the
@@ -14,12 +14,16 @@ benchmark's answer format and compares it with the gold target:
   spaces, units in ``\\text{}``, ``a/b`` vs ``\\frac{a}{b}``, degrees, percent) before comparison.
 
 No "the answer is" sentence means no answer (scored 0): the protocol measures the trained format.
+
+In lm-eval the extraction runs as the reasoning tasks' named filter ``answer`` (`extract_answers`, then
+``take_first``), so ``--log_samples`` shows the extracted answer, and the hooks score it (metric key
+``exact_match,answer``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 _ANSWER_IS = re.compile(r"the\s+answer\s+is\b", re.IGNORECASE)
 # End of the answer: a sentence end (a period before a space or the end, never a decimal point) or a line break.
@@ -180,25 +184,34 @@ def math_answers_match(answer: str | None, target: str) -> bool:
     return answer is not None and normalize_math(answer) == normalize_math(target)
 
 
-def _generation(results: Sequence[str]) -> str:
+#: What the extraction filter logs for a generation with no "the answer is ...": scored as no answer.
+NO_ANSWER = "[no answer]"
+
+
+def extract_answers(resps: Iterable[Sequence[str]], docs: Sequence[dict]) -> list[list[str]]:
+    """lm-eval ``custom`` filter (named ``answer`` in the reasoning template, as lm-eval's bbh names its
+    extracts): each generation's `extract_answer`, or `NO_ANSWER`; ``--log_samples`` shows it as
+    ``filtered_resps``."""
+    return [[extract_answer(generation) or NO_ANSWER for generation in generations] for generations in resps]
+
+
+def _extracted(results: Sequence[str]) -> str | None:
+    """The one filtered response of a document: its extracted answer, or None for `NO_ANSWER`."""
     if len(results) != 1:
-        raise ValueError(f"expected one generation per document, got {len(results)}")
-    return results[0]
+        raise ValueError(f"expected one extracted answer per document, got {len(results)}")
+    return None if results[0] == NO_ANSWER else results[0]
 
 
 def process_results_bbh(doc: dict, results: Sequence[str]) -> dict[str, int]:
-    """lm-eval hook for BBH documents (``question``, ``target``): {"exact_match": 0 or 1}."""
-    answer = extract_answer(_generation(results))
-    return {"exact_match": int(bbh_answers_match(answer, doc["target"], doc["question"]))}
+    """lm-eval hook for BBH documents (``question``, ``target``) after the ``answer`` filter: {"exact_match": 0 or 1}."""
+    return {"exact_match": int(bbh_answers_match(_extracted(results), doc["target"], doc["question"]))}
 
 
 def process_results_multiple_choice(doc: dict, results: Sequence[str]) -> dict[str, int]:
-    """lm-eval hook for multiple-choice documents (target "(X)"): {"exact_match": 0 or 1}."""
-    answer = extract_answer(_generation(results))
-    return {"exact_match": int(choice_from_answer(answer, doc["question"]) == doc["target"])}
+    """lm-eval hook for multiple-choice documents (target "(X)") after the ``answer`` filter: {"exact_match": 0 or 1}."""
+    return {"exact_match": int(choice_from_answer(_extracted(results), doc["question"]) == doc["target"])}
 
 
 def process_results_math(doc: dict, results: Sequence[str]) -> dict[str, int]:
-    """lm-eval hook for AGIEval MATH cloze documents: {"exact_match": 0 or 1}."""
-    answer = extract_answer(_generation(results))
-    return {"exact_match": int(math_answers_match(answer, doc["target"]))}
+    """lm-eval hook for AGIEval MATH cloze documents after the ``answer`` filter: {"exact_match": 0 or 1}."""
+    return {"exact_match": int(math_answers_match(_extracted(results), doc["target"]))}
