@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import datasets
 
 from slowed.builtin_corpus import builtin_cot_corpus
+from slowed.jsonio import read_text
 from slowed.prompting import assistant_message, user_message
 from slowed.schema import CANONICAL_COLUMNS, CANONICAL_FEATURES
 
@@ -328,20 +329,10 @@ def _columns_seen(records: list[tuple[int, Any]]) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def _read_text(path: Path) -> str:
-    """The file as UTF-8 text (a byte-order mark is dropped); CorpusError naming the file otherwise."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise CorpusError(
-            f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); re-save the file as UTF-8"
-        ) from None
-
-
 def _read_jsonl(path: Path) -> _Unit:
     records: list[tuple[int, Any]] = []
     bad_lines: list[str] = []
-    for line_number, line in enumerate(_read_text(path).split("\n"), start=1):
+    for line_number, line in enumerate(read_text(path, CorpusError).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -360,7 +351,7 @@ def _read_jsonl(path: Path) -> _Unit:
 
 def _read_json(path: Path) -> _Unit:
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(read_text(path, CorpusError))
     except json.JSONDecodeError as error:
         raise CorpusError(
             f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
@@ -380,7 +371,7 @@ def _read_json(path: Path) -> _Unit:
 
 
 def _read_csv(path: Path) -> _Unit:
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(read_text(path, CorpusError), newline=""))
     try:
         records = list(enumerate(reader, start=1))
     except csv.Error as error:

@@ -72,6 +72,17 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
     )
 
 
+def read_text(path: str | os.PathLike, error: type[ValueError] = ValueError) -> str:
+    """The file as UTF-8 text (a byte-order mark dropped); `error` (a ValueError) naming the file otherwise."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as decode_error:
+        raise error(
+            f"{path}: not UTF-8 text (byte {decode_error.start}: {decode_error.reason}); re-save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON value in a UTF-8 file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -41,6 +41,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from slowed.evaluation.lm_eval_compat import hflm_parameters
+from slowed.jsonio import read_text
 from slowed.prompting import user_message
 
 DATA_DIR_ENV = "SLOWED_DATA_DIR"
@@ -140,14 +141,21 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> tuple[Path, s
     return None
 
 
-def _local_file(source: tuple[Path, str], relative: str, hub_id: str) -> Path:
+def local_file(
+    source: tuple[Path, str],
+    relative: str,
+    hub_id: str,
+    what: str = "the file there (layouts: the benchmark READMEs under slowed/lm_eval_tasks/reasoning/)",
+) -> Path:
+    """``<data dir>/<relative>`` of a resolved data folder (`resolve_data_dir`); FileNotFoundError naming the
+    folder, where it was set, what to put there (`what`) and the hub dataset read when it is unset."""
     root, origin = source
     path = root / relative
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: the local data directory {root} (set by {origin}) has no '{relative}'. "
-            f"Put the file there (layout: slowed/lm_eval_tasks/reasoning/README.md), point {origin} at a "
-            f"directory that has it, or unset it to read the hub dataset '{hub_id}'."
+            f"Put {what}, point {origin} at a directory that has it, or unset it to read the hub dataset "
+            f"'{hub_id}'."
         )
     return path
 
@@ -187,26 +195,16 @@ def _field(row: Mapping[str, Any], field: str, where: str, kinds: tuple[type, ..
     return value
 
 
-def _read_text(path: Path) -> str:
-    """The file's text as UTF-8 (a byte-order mark is dropped); ValueError naming the file otherwise."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{path}: not UTF-8 text ({error}); re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
-        ) from error
-
-
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(_read_text(path))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
     rows = []
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path} line {number}"
@@ -394,7 +392,7 @@ def load_bbh(
         hub = _load_hub(HUB_BBH, subset, "test")
         rows = [_reasoning_row(row["input"], row["target"]) for row in hub]
     else:
-        path = _local_file(source, f"bbh/tasks/{subset}.json", f"{HUB_BBH}/{subset}")
+        path = local_file(source, f"bbh/tasks/{subset}.json", f"{HUB_BBH}/{subset}")
         examples = _field(_read_json(path), "examples", str(path), (list,))
         rows = []
         for index, example in enumerate(examples):
@@ -457,7 +455,7 @@ def load_arc(subset: str, data_dir: str | os.PathLike | None = None, **metadata:
     if source is None:
         hub = _load_hub(HUB_ARC, subset, "test")
         return _test_split(arc_hub_row(row, f"{HUB_ARC}/{subset} row {i}") for i, row in enumerate(hub))
-    path = _local_file(source, f"arc/{ARC_FILES[subset]}", f"{HUB_ARC}/{subset}")
+    path = local_file(source, f"arc/{ARC_FILES[subset]}", f"{HUB_ARC}/{subset}")
     data = _read_json(path)
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of {{'input', 'target'}} objects")
@@ -477,7 +475,7 @@ def load_agieval(subset: str, data_dir: str | os.PathLike | None = None, **metad
     if source is None:
         hub = _load_hub(hub_id, None, "test")
         return _test_split(agieval_hub_row(row, subset, f"{hub_id} row {i}") for i, row in enumerate(hub))
-    path = _local_file(source, f"agieval/{subset}.jsonl", hub_id)
+    path = local_file(source, f"agieval/{subset}.jsonl", hub_id)
     return _test_split(agieval_local_row(row, subset, where) for where, row in _read_jsonl(path))
 
 
@@ -499,7 +497,7 @@ def load_bbsub(subset: str, data_dir: str | os.PathLike | None = None, **metadat
             where = f"{HUB_BIGBENCH}/{subset} {split} row"
             rows += [bigbench_hub_row(hub[i], f"{where} {i}") for i in range(take)]
         return _test_split(rows)
-    path = _local_file(source, f"bbsub/{subset}.jsonl", f"{HUB_BIGBENCH}/{subset}")
+    path = local_file(source, f"bbsub/{subset}.jsonl", f"{HUB_BIGBENCH}/{subset}")
     rows = []
     for where, row in _read_jsonl(path):
         rows.append(_reasoning_row(_field(row, "input", where), _field(row, "target", where)))
@@ -534,13 +532,13 @@ def load_advbench(
         return _test_split(
             {"prompt": _field(row, "prompt", f"{HUB_ADVBENCH} row {i}")} for i, row in enumerate(hub)
         )
-    path = _local_file(source, "advbench/harmful_behaviors.csv", HUB_ADVBENCH)
+    path = local_file(source, "advbench/harmful_behaviors.csv", HUB_ADVBENCH)
     return _test_split({"prompt": goal} for goal in read_advbench_csv(path))
 
 
 def read_advbench_csv(path: Path) -> list[str]:
     """The ``goal`` cells of an AdvBench CSV, checked row by row (see :func:`load_advbench`)."""
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     try:
         header = reader.fieldnames or []
         if "goal" not in header:

@@ -30,7 +30,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 from lm_eval.api.filter import Filter
 
-from slowed.evaluation.datasets import DATA_DIR_ENV, resolve_data_dir
+from slowed.evaluation.datasets import DATA_DIR_ENV, local_file, resolve_data_dir
 from slowed.evaluation.files import (
     generation_samples,
     generations_dir,
@@ -106,15 +106,8 @@ def xstest_rows(data_dir: str | os.PathLike | None = None) -> list[dict[str, str
     source = resolve_data_dir(data_dir)
     if source is None:
         return _hub_rows()
-    root, origin = source
-    path = root / LOCAL_XSTEST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: the local data directory {root} (set by {origin}) has no '{LOCAL_XSTEST}'. "
-            f"Put the XSTest CSV there (columns {','.join(COLUMNS)}), point {origin} at a directory that "
-            f"has it, or unset it to read the hub dataset '{HUB_XSTEST}'."
-        )
-    return read_xstest_csv(path)
+    what = f"the XSTest CSV there (columns {','.join(COLUMNS)})"
+    return read_xstest_csv(local_file(source, LOCAL_XSTEST, HUB_XSTEST, what))
 
 
 def load_xstest(
