@@ -298,23 +298,20 @@ def test_installed_wheel_trains_with_slowed_sft_outside_the_repository(materiali
     import sys
     import sysconfig
 
-    wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "work"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(wheels),
-            str(REPO),
-        ],
-        check=True,
-        cwd=tmp_path,
+    source, wheels, venv, work = (
+        tmp_path / "source",
+        tmp_path / "wheels",
+        tmp_path / "venv",
+        tmp_path / "work",
     )
+    # Built from a copy of what the wheel is made of, so no build/ folder of the checkout can leak into it.
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("slowed", "lm_eval_tasks"):
+        shutil.copytree(REPO / name, source / name, ignore=junk)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    pip_wheel = ["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)]
+    subprocess.run([sys.executable, "-m", *pip_wheel], check=True, cwd=tmp_path)
     (wheel,) = wheels.glob("slowed-*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
