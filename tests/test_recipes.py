@@ -456,3 +456,16 @@ def test_variants_are_generated_from_the_one_table():
     std_cot = (RECIPES / "smollm2-135m" / "std_cot.yaml").read_text()
     assert "k = 0: Low-Entropy Masking off" in std_cot and "τ = null: Slow Tuning off" in std_cot
     assert "τ = 1.0" not in std_cot and "k = 0.2" not in std_cot  # no comment explains a knob that is off
+
+
+def test_help_lists_the_options_of_every_dataclass():
+    """`slowed-sft --help` (and the launcher's) is argparse's help, not an unknown option."""
+    result = subprocess.run(
+        [sys.executable, str(RECIPES / "slowed_sft.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for option in ("--dataset_name", "--entropy_mask_ratio", "--slow_tuning_tau", "--model_name_or_path"):
+        assert option in result.stdout

@@ -196,9 +196,9 @@ def _read_yaml_keys(path: Path) -> list[str]:
 
 
 def _command_line_options(args: Sequence[str]) -> list[str]:
-    """Option names given as `--name value` or `--name=value` (the `--config` pair excluded)."""
+    """Option names given as `--name value` or `--name=value` (`--config` and argparse's own `--help` excluded)."""
     names = [arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--") and len(arg) > 2]
-    return [name for name in names if name != "config"]
+    return [name for name in names if name not in ("config", "help")]
 
 
 def _refuse_unknown(names: Iterable[str], known: set[str], source: str) -> None:
