@@ -20,13 +20,13 @@ so it stays a drop-in replacement; pass ``bf16=False`` for float32 runs (the tes
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trl import SFTConfig
 
+from slowed.jsonio import read_json
 from slowed.knobs import (
     ENTROPY_SOURCES,
     MASK_SCOPES,
@@ -57,7 +57,7 @@ def deepspeed_zero_stage(deepspeed: Any) -> int | None:
     """
     if isinstance(deepspeed, (str, Path)):
         try:
-            deepspeed = json.loads(Path(deepspeed).read_text())
+            deepspeed = read_json(deepspeed)
         except (OSError, ValueError):
             return None
     if not isinstance(deepspeed, dict):

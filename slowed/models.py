@@ -26,13 +26,14 @@ that gives the build command.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from slowed.jsonio import read_json, write_json
 
 EMBEDDED_STUDENT = "embedded:smollm2-135m"
 ALIGNED_STUDENT = "embedded:smollm2-135m-aligned"
@@ -80,7 +81,7 @@ def is_complete(directory: str | Path) -> bool:
     """True if `directory` holds a finished materialisation (its marker parses and has our format)."""
     marker = Path(directory) / COMPLETE_MARKER
     try:
-        return json.loads(marker.read_text()).get("format") == MARKER_FORMAT
+        return read_json(marker).get("format") == MARKER_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -201,7 +202,7 @@ def _materialise(package_dir: Path, out_dir: Path) -> None:
         "transformers": transformers.__version__,
         "dtype": "float32",
     }
-    (out_dir / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    write_json(out_dir / COMPLETE_MARKER, marker)
 
 
 def _check_round_trip(gguf_model, tokenizer, out_dir: Path) -> None:

@@ -65,7 +65,7 @@ from trl.trainer.utils import get_config_model_id
 import slowed
 from slowed.collator import KEEP_COLUMN, NUM_MASKED_KEY, MaskingCollator
 from slowed.config import SLowEDConfig
-from slowed.jsonio import write_atomic
+from slowed.jsonio import write_json
 from slowed.masking import (
     keep_mask_by_sequence,
     kept_token_count,
@@ -576,8 +576,11 @@ class SLowEDTrainer(SFTTrainer):
         """Save as `SFTTrainer` does, plus ``slowed_config.json`` (atomic; main process) in the same folder."""
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
-            record = json.dumps(self.slowed_record(), indent=2, sort_keys=True) + "\n"
-            write_atomic(Path(output_dir or self.args.output_dir) / SLOWED_CONFIG_NAME, record)
+            write_json(
+                Path(output_dir or self.args.output_dir) / SLOWED_CONFIG_NAME,
+                self.slowed_record(),
+                sort_keys=True,
+            )
 
     def final_masked_fraction(self) -> tuple[float | None, str]:
         """The last logged ``slowed/masked_fraction``, else the initial-source count, else 0 when LEM is off;

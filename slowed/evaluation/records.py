@@ -27,7 +27,7 @@ from typing import Any
 
 from slowed.evaluation.files import JUDGE_SIDECAR_NAME, judge_sidecars
 from slowed.evaluation.results import LM_EVAL_RESULTS_NAME, ResultsError, load_results, output_folder
-from slowed.jsonio import write_atomic
+from slowed.jsonio import read_json, write_json
 
 TRAINING_RECORD_NAME = "slowed_config.json"  # slowed.trainer.SLOWED_CONFIG_NAME, without importing TRL
 DATA_DIR_ENV, HELDOUT_ENV = "SLOWED_DATA_DIR", "SLOWED_BBH_HELDOUT"  # slowed.evaluation.datasets
@@ -73,7 +73,7 @@ def judge_records_since(before: RunSnapshot, pid: int | None = None) -> dict[str
         if int(match["pid"]) != pid:
             continue
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = read_json(path)
         except (OSError, ValueError) as error:
             logger.warning("judge record %s is unreadable (%s); not recorded in the results", path, error)
             continue
@@ -97,7 +97,7 @@ def training_record_for(model_args: Any) -> dict[str, Any] | None:
         if candidate is None or not candidate.is_file():
             continue
         try:
-            record = json.loads(candidate.read_text(encoding="utf-8"))
+            record = read_json(candidate)
         except (OSError, ValueError) as error:
             logger.warning(
                 "%s is not readable JSON (%s); the training knobs are not recorded", candidate, error
@@ -183,7 +183,7 @@ def attach_slowed_records(
         return None
     [(path, data)] = mine
     data.update(slowed_records(data, judge_records_since(before), model_args, metadata))
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    write_json(path, data)
     return path
 
 

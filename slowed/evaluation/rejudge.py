@@ -15,7 +15,6 @@ the run's results file. Exit status 0, or 2 when the input, an output path or th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -24,7 +23,7 @@ from typing import Any
 
 from slowed.evaluation.files import read_samples, run_results_file, task_of
 from slowed.evaluation.results import METRIC_SOURCES, ResultsError, load_results, refuse_overwrite
-from slowed.jsonio import write_atomic
+from slowed.jsonio import write_json, write_jsonl
 
 DEFAULT_TASK, DEFAULT_FILTER = "slowed_safety", "judge"
 
@@ -162,17 +161,17 @@ def rejudge(
     run_results = _read_run_results(run_results_path)
     results = build_results(task, filter_name, labels, summary, samples_path, run_results, agreement)
     if output_samples is not None:
-        lines = []
-        for sample, verdict in zip(samples, verdicts, strict=True):
-            rejudged = {
+        rejudged = [
+            {
                 **sample,
                 "filtered_resps": [[verdict.label, verdict.raw]],
                 "filter": filter_name,
                 **label_metrics(verdict.label),
             }
-            lines.append(json.dumps(rejudged, ensure_ascii=False) + "\n")
-        write_atomic(output_samples, "".join(lines))
-    write_atomic(output, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+            for sample, verdict in zip(samples, verdicts, strict=True)
+        ]
+        write_jsonl(output_samples, rejudged)
+    write_json(output, results)
     return results
 
 

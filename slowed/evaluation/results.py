@@ -14,13 +14,14 @@ kept as NaN with the reason (:class:`Metric`); callers that gate on it refuse it
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from slowed.jsonio import read_json
 
 
 class ResultsError(ValueError):
@@ -123,8 +124,8 @@ def load_results(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ResultsError(f"results file not found: {path} (pass a results_<timestamp>.json or its folder)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        data = read_json(path)
+    except ValueError as error:  # not JSON, or not UTF-8
         raise ResultsError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
         raise ResultsError(
