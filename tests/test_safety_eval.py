@@ -14,7 +14,7 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from tiny_models import make_tiny_model, make_tiny_tokenizer
+from tiny_models import cpu_training_kwargs, make_tiny_model, make_tiny_tokenizer
 
 from slowed.config import SLowEDConfig
 from slowed.judges.base import Judge, Verdict
@@ -72,20 +72,10 @@ def dataset() -> Dataset:
 
 def make_trainer(tokenizer, dataset, output_dir: Path, **overrides) -> SLowEDTrainer:
     args = SLowEDConfig(
-        output_dir=str(output_dir),
-        use_cpu=True,
-        bf16=False,
-        report_to=[],
-        seed=0,
-        data_seed=0,
-        per_device_train_batch_size=4,
+        **cpu_training_kwargs(output_dir),
         num_train_epochs=2,
         logging_steps=1,
         learning_rate=5e-2,
-        activation_checkpointing=False,
-        save_strategy="no",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
         **overrides,
     )
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.3, target_modules=["q_proj", "v_proj", "up_proj"])

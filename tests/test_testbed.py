@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
-from tiny_models import make_tiny_tokenizer
+from tiny_models import cpu_training_kwargs, make_tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
@@ -80,21 +80,7 @@ def small_args(data_dir: Path, tmp_path: Path, **overrides) -> AlignScriptArgume
 
 
 def tiny_training_args(tmp_path: Path, **overrides) -> SLowEDConfig:
-    kwargs = dict(
-        output_dir=str(tmp_path / "train"),
-        use_cpu=True,
-        bf16=False,
-        report_to=[],
-        seed=0,
-        data_seed=0,
-        per_device_train_batch_size=4,
-        max_steps=2,
-        learning_rate=5e-2,
-        activation_checkpointing=False,
-        save_strategy="no",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    kwargs = {**cpu_training_kwargs(tmp_path / "train"), "max_steps": 2, "learning_rate": 5e-2}
     return SLowEDConfig(**{**kwargs, **overrides})
 
 

@@ -12,7 +12,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from tiny_models import make_tiny_model, make_tiny_tokenizer
+from tiny_models import cpu_training_kwargs, make_tiny_model, make_tiny_tokenizer
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -76,21 +76,11 @@ def lora_config(**overrides) -> LoraConfig:
 
 def make_args(config_cls, output_dir, **overrides):
     kwargs = {
-        "output_dir": str(output_dir),
-        "use_cpu": True,
-        "bf16": False,
-        "report_to": [],
-        "seed": 0,
-        "data_seed": 0,
-        "per_device_train_batch_size": 4,
+        **cpu_training_kwargs(output_dir),
         "per_device_eval_batch_size": 4,
         "max_steps": 3,
         "logging_steps": 1,
         "learning_rate": 5e-3,
-        "gradient_checkpointing": False,
-        "save_strategy": "no",
-        "dataloader_num_workers": 0,
-        "disable_tqdm": True,
     }
     return config_cls(**{**kwargs, **overrides})
 

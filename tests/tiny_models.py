@@ -84,3 +84,20 @@ def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def cpu_training_kwargs(output_dir: str | Path) -> dict:
+    """The training arguments every test run shares: CPU, float32, seeded, no checkpoints, logs or tqdm."""
+    return {
+        "output_dir": str(output_dir),
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": [],
+        "seed": 0,
+        "data_seed": 0,
+        "per_device_train_batch_size": 4,
+        "activation_checkpointing": False,
+        "save_strategy": "no",
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
