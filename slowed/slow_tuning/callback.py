@@ -87,7 +87,7 @@ class SlowTuningCallback(TrainerCallback):
 
     A NaN or infinite ‖ΔW‖ raises `NonFiniteDeltaError` naming the optimizer step, the modules and the newest
     checkpoint under ``output_dir``. Under DDP every rank projects its own replica identically; under FSDP2 the
-    norm is that of the full ΔW (see the module docstring); FSDP1 and schedule-free optimizers are refused.
+    norm is that of the full ΔW (see `slowed.slow_tuning.distributed`); FSDP1 and schedule-free optimizers are refused.
 
     Resuming full fine-tuning: a fresh run (global_step 0) writes the full W0 snapshot to
     ``<output_dir>/slow_tuning_reference.safetensors`` (atomically, from each node's local process zero, so
