@@ -217,3 +217,23 @@ def test_preset_errors_name_the_key(tmp_path):
         load_preset(str(path))
     for name in ("quick", "full"):
         assert load_preset(name)["name"] == name
+
+
+def test_tau_sweep_skips_steps_without_movement(tmp_path):
+    """LoRA B starts at zero and warm-up starts at lr 0: a τ read off a step where ‖ΔW‖ = 0 would be refused."""
+    from study import Study, load_preset
+
+    study = Study(load_preset("quick"), tmp_path / "runs", tmp_path / "work")
+    trajectory = {
+        "steps": [
+            {"step": s, "epoch": s / 4, "delta_norm": n} for s, n in ((1, 0.0), (2, 0.3), (3, 0.5), (4, 0.9))
+        ]
+    }
+    taus = study.taus(trajectory)  # fractions 0.05 / 0.2 / 0.75 of 4 steps: steps 1, 1, 3
+    assert taus == {"low": 0.3, "mid": 0.3, "high": 0.5}
+    assert json.loads((tmp_path / "runs" / "taus.json").read_text())["how"]["at_steps"] == {
+        "low": 2,
+        "mid": 2,
+        "high": 3,
+    }
+    assert Study.first_step_past(trajectory, 0.5) == 3

@@ -588,9 +588,13 @@ def settings_section(runs_dir: Path, records) -> str:
         data = json.loads(path.read_text(encoding="utf-8"))
         for attempt in data["attempts"]:
             total += attempt["seconds"]
+            binds = next(
+                (step for step, before, after in attempt.get("delta_norm_log", []) if before > after), None
+            )
+            cap = "" if binds is None else f", the cap binds from step {binds}"
             lines.append(
                 f"| train {data['arm']} ({attempt['global_step']} steps, {attempt.get('train_tokens_per_second')} "
-                f"tok/s, final ‖ΔW‖ {num(attempt.get('final_delta_norm'))}) | {attempt['seconds']} |"
+                f"tok/s, final ‖ΔW‖ {num(attempt.get('final_delta_norm'))}{cap}) | {attempt['seconds']} |"
             )
     for arm in arms_present(records):
         for key, record in records[arm].items():

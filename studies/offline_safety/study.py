@@ -320,6 +320,7 @@ class Study:
         in_process: bool = False,
         model: str | None = None,
         data_dir: str | None = None,
+        threads: int | None = None,
     ) -> None:
         if model:
             preset["model"] = model
@@ -330,6 +331,7 @@ class Study:
         self.work_dir = work_dir
         self.stop_after = stop_after
         self.in_process = in_process
+        self.threads = threads
         self.units_done = 0
         self.data_dir = self._repo_path(preset["data_dir"])
         self.recipe = self._repo_path(preset["recipe"])
@@ -512,6 +514,8 @@ class Study:
         else:
             env = dict(os.environ)
             env.setdefault("TOKENIZERS_PARALLELISM", "false")
+            if self.threads:
+                env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
             result = subprocess.run([sys.executable, str(RECIPE_SCRIPT), *args], cwd=REPO_ROOT, env=env)
             if result.returncode != 0:
                 raise RuntimeError(
@@ -533,8 +537,7 @@ class Study:
                 "train_rows": run.get("data", {}).get("num_rows", {}).get("train"),
                 "final_delta_norm": final.get("delta_norm"),
                 "final_masked_fraction": final.get("masked_fraction"),
-                "train_loss": (final.get("train_metrics") or {}).get("train_loss"),
-                "train_tokens_per_second": _tokens_per_second(run),
+                **training_facts(folder, run),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
         )
@@ -581,9 +584,15 @@ class Study:
             chosen, taus = {}, {}
             for name in TAU_NAMES:
                 step = max(1, min(total, round(float(spec["from_std_cot"][name]) * total)))
-                entry = next(e for e in steps if e["step"] == step)
-                chosen[name] = step
-                taus[name] = round(entry["delta_norm"], 4)
+                # The first steps can leave ΔW = 0 (LoRA B starts at zero; warm-up starts at lr 0): τ must be > 0.
+                entry = next((e for e in steps if e["step"] >= step and e["delta_norm"] > 0), None)
+                if entry is None:
+                    raise StudyError(
+                        f"preset taus.from_std_cot.{name}: Std-CoT's ‖ΔW‖ stays 0 from step {step} on; "
+                        "give explicit taus or check the training"
+                    )
+                chosen[name] = entry["step"]
+                taus[name] = float(entry["delta_norm"])
             how = {"from_std_cot_fractions": spec["from_std_cot"], "at_steps": chosen, "total_steps": total}
         else:
             taus = {name: float(spec[name]) for name in TAU_NAMES}
@@ -666,6 +675,10 @@ class Study:
         from slowed.models import resolve_model_path
 
         self.check_runs_dir()
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         base = resolve_model_path(self.preset["model"])
         self.write_study_record(base)
         selection = self.prepare_corpus()
@@ -778,13 +791,30 @@ def _relative(arg: str) -> str:
         return arg
 
 
-def _tokens_per_second(run: dict[str, Any]) -> float | None:
-    history = run.get("log_history") or []
-    tokens = next((e.get("num_tokens") for e in reversed(history) if "num_tokens" in e), None)
-    seconds = (run.get("final", {}).get("train_metrics") or {}).get("train_runtime")
-    if tokens and seconds:
-        return round(float(tokens) / float(seconds), 1)
-    return None
+def training_facts(folder: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """Loss, throughput and the per-step ‖ΔW‖ log of a finished training, from whichever files the recipe wrote
+    (`trainer_state.json` / `train_results.json` in output_dir, else the log kept in `slowed_run.json`)."""
+    state = read_json(folder / "trainer_state.json") if (folder / "trainer_state.json").is_file() else {}
+    history = state.get("log_history") or run.get("log_history") or []
+    results = read_json(folder / "train_results.json") if (folder / "train_results.json").is_file() else {}
+    metrics = results or (run.get("final", {}).get("train_metrics") or {})
+    tokens = next((e["num_tokens"] for e in reversed(history) if "num_tokens" in e), None)
+    seconds = metrics.get("train_runtime")
+    norms = [
+        [
+            e["step"],
+            round(e["slowed/delta_norm_before"], 5),
+            round(e.get("slowed/delta_norm_after", math.nan), 5),
+        ]
+        for e in history
+        if "slowed/delta_norm_before" in e and "step" in e
+    ]
+    return {
+        "train_loss": metrics.get("train_loss"),
+        "train_tokens": tokens,
+        "train_tokens_per_second": round(float(tokens) / float(seconds), 1) if tokens and seconds else None,
+        "delta_norm_log": norms,
+    }
 
 
 def run_recipe_in_process(args: list[str]) -> None:
