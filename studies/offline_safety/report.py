@@ -489,6 +489,8 @@ def plots(records, trajectory, taus, out: Path) -> list[str]:
                 ax.plot(*zip(*points, strict=True), marker="o", label=LABELS.get(arm, arm))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
+        if name.startswith("safety"):
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -536,6 +538,7 @@ def plots(records, trajectory, taus, out: Path) -> list[str]:
     for name, tau in taus.items():
         ax.axvline(tau, color="grey", linestyle=":", linewidth=0.8)
         ax.annotate(f"τ {name}", (tau, 0.02), fontsize=7, rotation=90, color="grey")
+    ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("global ‖ΔW‖_F")
     ax.set_ylabel("safety ratio (AdvBench 400-519)")
     ax.set_title("Safety against distance from the testbed (numbers: epoch)", fontsize=10)
@@ -611,6 +614,34 @@ def settings_section(runs_dir: Path, records) -> str:
     return "\n".join(lines) + "\n"
 
 
+def resolution_note(records) -> str:
+    """What this run cannot show: the smallest safety / accuracy differences its sample sizes can resolve."""
+    base = records.get("base", {}).get("epoch-0")
+    safety = proportion(base)
+    if safety is None:
+        return ""
+    n = safety[1]
+
+    def half_width(p: float, size: int) -> float:
+        return 100 * SIGNIFICANCE_Z * math.sqrt(2 * p * (1 - p) / size)
+
+    parts = [
+        f"What this run cannot show: with n = {n} AdvBench prompts per evaluation, two safety ratios near 50% must "
+        f"differ by about {half_width(0.5, n):.0f} points, near 90% by about {half_width(0.9, n):.0f} points, before "
+        'the difference counts; smaller effects read as "inconclusive", not as "no effect".'
+    ]
+    bbh = _acc(base, "bbh")
+    if bbh:
+        parts.append(
+            f"Accuracy on {bbh[1]} held-out BBH rows resolves only differences of about "
+            f"{half_width(max(bbh[0], 0.1), bbh[1]):.0f} points; the rationale NLL is the sensitive reasoning measure here."
+        )
+    parts.append(
+        "One seed and one testbed: the verdicts are about this run, not about variation across seeds."
+    )
+    return " ".join(parts)
+
+
 def results_markdown(runs_dir: Path, records) -> str:
     study = _read(runs_dir / "study.json") or {}
     settings = study.get("settings", {})
@@ -638,6 +669,8 @@ def results_markdown(runs_dir: Path, records) -> str:
         "| claim | evidence | verdict |",
         "|---|---|---|",
         *[f"| {c} | {e} | **{v}** |" for c, e, v in claim_rows],
+        "",
+        resolution_note(records),
         "",
         "## The two open questions",
         "",
