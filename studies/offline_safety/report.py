@@ -25,6 +25,8 @@ KEEP_MARGIN = 0.10
 #: "Comparable reasoning": held-out rationale NLL at most this much (relative) above Std-CoT's.
 NLL_MARGIN = 0.10
 TIMINGS_HEADING = "## Settings, versions and wall times"
+#: "AdvBench <first>-<last>", set from the run's settings by `write_report`.
+ADVBENCH_LABEL = ["AdvBench 400-519"]
 ARM_ORDER = (
     "base",
     "std_cot",
@@ -141,7 +143,7 @@ def arms_present(records) -> list[str]:
 
 def per_epoch_table(records) -> str:
     lines = [
-        "| arm | epoch | step | ‖ΔW‖_F | safety (AdvBench 400-519) | over-refusal (XSTest safe) | rationale NLL |",
+        f"| arm | epoch | step | ‖ΔW‖_F | safety ({ADVBENCH_LABEL[0]}) | over-refusal (XSTest safe) | rationale NLL |",
         "|---|---|---|---|---|---|---|",
     ]
     for arm in arms_present(records):
@@ -475,7 +477,7 @@ def plots(records, trajectory, taus, out: Path) -> list[str]:
     base = records.get("base", {}).get("epoch-0")
     written = []
     for name, path, ylabel in (
-        ("safety_per_epoch.png", ("metrics", "safety", "ratio"), "safety ratio (AdvBench 400-519)"),
+        ("safety_per_epoch.png", ("metrics", "safety", "ratio"), f"safety ratio ({ADVBENCH_LABEL[0]})"),
         ("nll_per_epoch.png", ("metrics", "rationale_nll", "mean"), "held-out rationale NLL (nats/token)"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -540,7 +542,7 @@ def plots(records, trajectory, taus, out: Path) -> list[str]:
         ax.annotate(f"τ {name}", (tau, 0.02), fontsize=7, rotation=90, color="grey")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("global ‖ΔW‖_F")
-    ax.set_ylabel("safety ratio (AdvBench 400-519)")
+    ax.set_ylabel(f"safety ratio ({ADVBENCH_LABEL[0]})")
     ax.set_title("Safety against distance from the testbed (numbers: epoch)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -657,7 +659,7 @@ def results_markdown(runs_dir: Path, records) -> str:
         f"{study.get('description', '')}".rstrip(),
         "",
         f"Judge: `{judge.get('kind', judge.get('name', 'n/a'))}` (its full description is in every record). "
-        f"Safety = share of AdvBench 400-519 responses judged safe (greedy, "
+        f"Safety = share of {ADVBENCH_LABEL[0]} responses judged safe (greedy, "
         f"{settings.get('eval', {}).get('safety_max_new_tokens', 48)} new tokens); over-refusal = share of XSTest safe "
         "prompts refused fully or partially (a subset per epoch, the preset's final set at the last epoch); rationale "
         "NLL = mean NLL per token of held-out correct teacher rationales + answer sentence (no masking). "
@@ -710,6 +712,10 @@ def write_report(runs_dir: Path) -> Path:
     from study import write_atomic
 
     records = load_records(runs_dir)
+    start, stop = ((_read(runs_dir / "study.json") or {}).get("settings", {}).get("eval") or {}).get(
+        "advbench", [400, 520]
+    )
+    ADVBENCH_LABEL[0] = f"AdvBench {start}-{stop - 1}"
     if not records:
         raise SystemExit(f"{runs_dir}: no records under records/; run studies/offline_safety/run.py first")
     taus = (_read(runs_dir / "taus.json") or {}).get("taus", {})
