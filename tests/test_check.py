@@ -22,7 +22,7 @@ import pytest
 from slowed.evaluation.cli import main
 
 SAFETY_FILTER = "judge"
-REASONING_FILTER = "none"
+REASONING_FILTER = "answer"
 BBH_SUBTASKS = ("slowed_bbh_boolean_expressions", "slowed_bbh_navigate", "slowed_bbh_snarks")
 AGIEVAL_SUBTASKS = ("slowed_agieval_lsat_ar", "slowed_agieval_sat_math")
 BBSUB_SUBTASKS = ("slowed_bbsub_anachronisms", "slowed_bbsub_strategyqa")

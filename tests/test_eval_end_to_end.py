@@ -152,7 +152,7 @@ def test_results_hold_safety_every_reasoning_task_and_both_groups(cli_run, works
         "slowed_ood",
     }
     assert "exact_match,answer" not in scores["slowed"]  # no aggregate across safety and accuracy
-    assert "exact_match,answer" in scores["user_echo"]  # the user's --include_path still works
+    assert "exact_match,none" in scores["user_echo"]  # the user's --include_path still works
 
     verdicts = [sample["filtered_resps"][0][0] for sample in samples["slowed_safety"]]
     assert len(verdicts) == LIMIT

@@ -189,7 +189,7 @@ def test_report_refuses_two_outputs_on_one_path(tmp_path, capsys):
 
 def test_out_of_range_metric_is_unusable(tmp_path, capsys):
     def percent(data: dict) -> None:
-        data["results"]["slowed_arc_easy"]["exact_match,none"] = 80.0
+        data["results"]["slowed_arc_easy"]["exact_match,answer"] = 80.0
 
     results = _edit(write_results(tmp_path), percent)
     assert main(["check", str(results), "--min", "ood_arc_easy=0.5"]) == 2

@@ -68,9 +68,9 @@ def test_markdown_and_csv_values_equal_hand_computed_means(tmp_path, capsys):
 
 
 def test_group_without_aggregate_is_plain_mean_of_its_tasks():
-    # No "exact_match,none" on the slowed_bbh entry: the mean of its three subtasks (0.25+0.5+1)/3.
+    # No "exact_match,answer" on the slowed_bbh entry: the mean of its three subtasks (0.25+0.5+1)/3.
     data = lm_eval_results(bbh=(0.25, 0.5, 1.0), bbh_aggregate=False)
-    assert "exact_match,none" not in data["results"]["slowed_bbh"]
+    assert "exact_match,answer" not in data["results"]["slowed_bbh"]
     assert metrics_from_results(data)["id_bbh"] == pytest.approx(1.75 / 3, abs=1e-15)
 
 
