@@ -40,12 +40,20 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trl import ModelConfig
+
+    from slowed.config import SLowEDConfig
+    from slowed.scripts.utils import SLowEDParser, SLowEDScriptArguments
 
 RUN_RECORD_NAME = "slowed_run.json"
 
 
-def main(script_args, training_args, model_args) -> dict[str, Any]:
+def main(
+    script_args: SLowEDScriptArguments, training_args: SLowEDConfig, model_args: ModelConfig
+) -> dict[str, Any]:
     """Train with `SLowEDTrainer`, save the model, metrics and state to `output_dir`; returns the run record."""
     from trl import get_peft_config, get_quantization_config
     from trl.trainer.utils import get_config_model_id
@@ -120,7 +128,7 @@ def _show(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def make_parser():
+def make_parser() -> SLowEDParser:
     """`SLowEDParser` over (SLowEDScriptArguments, SLowEDConfig, ModelConfig): `--config x.yaml`, CLI overrides."""
     from trl import ModelConfig
 
