@@ -117,19 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--model", default="embedded:smollm2-135m")
     parser.add_argument("--participants", default="stock,lem_st,initial,hand")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument(
-        "--row-repeats", type=int, default=1, help="write each rationale N times (longer rows)"
-    )
-    parser.add_argument(
-        "--gradient-checkpointing",
-        choices=("trl-default", "on", "off"),
-        default="trl-default",
-        help="trainers only",
-    )
+    step.add_batch_arguments(parser, batches=4)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -551,8 +551,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model", default="embedded:smollm2-135m", help="a model path, hub id or embedded:smollm2-135m"
     )
     parser.add_argument("--participants", default=",".join(PARTICIPANTS))
+    add_batch_arguments(parser, batches=6)
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (≥ 5 for the paired medians)")
+    parser.add_argument("--profile-top", type=int, default=12, help="rows of the profiler table; 0 skips it")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_results_argument(parser)
+    args = parser.parse_args(argv)
+    args.dtype = "bfloat16" if args.device == "cuda" else "float32"
+    return args
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser, batches: int) -> None:
+    """The batch shape, LoRA rank and checkpointing options shared by this benchmark and bench_memory.py."""
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=6, help="distinct batches, cycled")
+    parser.add_argument("--batches", type=int, default=batches, help="distinct batches, cycled")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument(
@@ -564,13 +576,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="trl-default",
         help="trainers only (TRL's SFTConfig turns it on by default; the hand loop never checkpoints)",
     )
-    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (≥ 5 for the paired medians)")
-    parser.add_argument("--profile-top", type=int, default=12, help="rows of the profiler table; 0 skips it")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add_results_argument(parser)
-    args = parser.parse_args(argv)
-    args.dtype = "bfloat16" if args.device == "cuda" else "float32"
-    return args
 
 
 def main(argv: list[str] | None = None) -> None:
