@@ -268,7 +268,7 @@ def claims(records, taus: dict[str, float]) -> list[tuple[str, str, str]]:
     out.append(
         (
             "Std-CoT erodes safety",
-            f"Std-CoT at epoch {metric(std_last, 'epoch')} vs the testbed: {fmt_diff(d)}",
+            f"Std-CoT at epoch {metric(std_last, 'epoch') or 'n/a'} vs the testbed: {fmt_diff(d)}",
             verdict(None if d is None else d["sign"], -1),
         )
     )
@@ -335,7 +335,8 @@ def claims(records, taus: dict[str, float]) -> list[tuple[str, str, str]]:
     out.append(
         (
             "Without LEM, safety drops in the later epochs",
-            f"Slow Tuning only vs SLowED at epoch 1: {fmt_diff(d_first)}; at epoch {metric(st_last, 'epoch')}: "
+            f"Slow Tuning only vs SLowED at epoch 1: {fmt_diff(d_first)}; at the last epoch "
+            f"({metric(st_last, 'epoch') or 'n/a'}): "
             f"{fmt_diff(d_last)}",
             result,
         )
