@@ -30,11 +30,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from slowed.jsonio import read_json, write_atomic, write_json, write_jsonl
 
 STUDY_DIR = Path(__file__).resolve().parent
 REPO_ROOT = STUDY_DIR.parents[1]
@@ -54,27 +55,6 @@ class StopRequested(Exception):
 
 
 # ------------------------------------------------------------------------------------------ small helpers
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(name, path)
-    finally:
-        if os.path.exists(name):
-            os.unlink(name)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def sha256_json(data: Any) -> str:
@@ -653,8 +633,7 @@ class Study:
             "judge": self.judge().describe(),
             "seconds": round(time.monotonic() - started, 1),
         }
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in generations)
-        write_atomic(self.work_dir / "generations" / arm / f"{key}.jsonl", text)
+        write_jsonl(self.work_dir / "generations" / arm / f"{key}.jsonl", generations)
         write_json(path, record)
         self._unit_done(f"evaluation {arm}/{key}")
 
