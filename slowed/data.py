@@ -199,7 +199,7 @@ def split_by_task_index(
         rows_by_task[task].append(row)
     test_rows: list[int] = []
     for task, rows in rows_by_task.items():
-        ranked = sorted(rows, key=lambda row: (_split_rank(seed, task, indices[row]), indices[row]))
+        ranked = sorted(rows, key=lambda row: (split_rank(seed, task, indices[row]), indices[row]))
         test_rows.extend(ranked[: math.floor(test_fraction * len(rows) + 0.5)])
     test_set = set(test_rows)
     train_rows = [row for row in range(len(dataset)) if row not in test_set]
@@ -260,7 +260,8 @@ def held_out_index_by_task(test_split: datasets.Dataset) -> dict[str, list[int]]
     return held_out
 
 
-def _split_rank(seed: int, task: str, index: int) -> int:
+def split_rank(seed: int, task: str, index: int) -> int:
+    """Sort key of row `index` of `task` in `split_by_task_index`: the first 8 bytes of sha256(seed, task, index)."""
     digest = hashlib.sha256(f"{seed}\x1f{task}\x1f{index}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 

@@ -132,6 +132,12 @@ def pct(value: float | None, n: int | None = None) -> str:
     return f"{100 * value:.1f}%" + (f" (n={n})" if n is not None else "")
 
 
+def proportion_cell(record: dict[str, Any] | None, what: str = "safety") -> str:
+    """`proportion` as a table cell: "97.5% (n=80)", or "–" when the record lacks it."""
+    entry = proportion(record, what)
+    return pct(*entry) if entry else "–"
+
+
 def num(value: float | None, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
@@ -150,12 +156,10 @@ def per_epoch_table(records) -> str:
     ]
     for arm in arms_present(records):
         for record in [records[arm][f"epoch-{e}"] for e in epochs_of(records[arm])]:
-            safety = proportion(record, "safety")
-            over = proportion(record, "overrefusal")
             lines.append(
                 f"| {LABELS.get(arm, arm)} | {record.get('epoch')} | {record.get('step')} | "
-                f"{num(record.get('delta_norm'))} | {pct(*safety) if safety else '–'} | "
-                f"{pct(*over) if over else '–'} | {num(metric(record, 'metrics', 'rationale_nll', 'mean'))} |"
+                f"{num(record.get('delta_norm'))} | {proportion_cell(record)} | "
+                f"{proportion_cell(record, 'overrefusal')} | {num(metric(record, 'metrics', 'rationale_nll', 'mean'))} |"
             )
     return "\n".join(lines)
 
@@ -187,12 +191,10 @@ def paper_table(records) -> str:
         if record is None:
             continue
         r = reasoning_summary(record)
-        safety = proportion(record, "safety")
-        over = proportion(record, "overrefusal")
         lines.append(
-            f"| {LABELS.get(arm, arm)} | {record.get('epoch')} | {pct(*safety) if safety else '–'} | "
+            f"| {LABELS.get(arm, arm)} | {record.get('epoch')} | {proportion_cell(record)} | "
             f"{pct(r['id'], r['id_n'])} | {pct(r['ood_avg'])} | {pct(r['arc_easy'])} | {pct(r['arc_challenge'])} | "
-            f"{pct(r['agieval'])} | {pct(r['format_rate'])} | {pct(*over) if over else '–'} | "
+            f"{pct(r['agieval'])} | {pct(r['format_rate'])} | {proportion_cell(record, 'overrefusal')} | "
             f"{num(metric(record, 'metrics', 'rationale_nll', 'mean'))} |"
         )
     return "\n".join(lines)
@@ -240,8 +242,8 @@ def norm_matched_table(records, taus) -> str:
         )
         lines.append(
             f"| {row['tau_name']} = {row['tau']:.4g} | {LABELS.get(row['arm'], row['arm'])}, {row['epoch']} | "
-            f"{num(capped.get('delta_norm'))} | {pct(*proportion(capped))} | {where} | "
-            f"{pct(*proportion(matched)) if proportion(matched) else '–'} | {fmt_diff(row['diff'])} |"
+            f"{num(capped.get('delta_norm'))} | {proportion_cell(capped)} | {where} | "
+            f"{proportion_cell(matched)} | {fmt_diff(row['diff'])} |"
         )
     return "\n".join(lines)
 

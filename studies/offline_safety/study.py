@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slowed.data import split_rank
 from slowed.jsonio import read_json, write_atomic, write_json, write_jsonl
 
 STUDY_DIR = Path(__file__).resolve().parent
@@ -59,11 +60,6 @@ class StopRequested(Exception):
 
 def sha256_json(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def _rank(seed: int, task: str, index: int) -> int:
-    digest = hashlib.sha256(f"{seed}\x1f{task}\x1f{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big")
 
 
 def log(message: str) -> None:
@@ -255,7 +251,7 @@ def select_corpus(preset: dict[str, Any], data_dir: Path) -> dict[str, list[dict
         by_task.setdefault(row["task_name"], []).append(row)
     train, nll, bbh = [], [], []
     for task, rows in sorted(by_task.items()):
-        ranked = sorted(rows, key=lambda row: (_rank(seed, task, row["index"]), row["index"]))
+        ranked = sorted(rows, key=lambda row: (split_rank(seed, task, row["index"]), row["index"]))
         cut = math.floor(fraction * len(ranked) + 0.5)
         heldout, rest = ranked[:cut], ranked[cut:]
         train += [r for r in rest if r["teacher_correct"]][: int(corpus["train_per_task"])]
